@@ -1,0 +1,13 @@
+"""The Celery application. Every ``CELERY_*`` Django setting is applied here (namespace CELERY)."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("config")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

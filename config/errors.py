@@ -1,0 +1,84 @@
+"""One error shape for the whole API: ``{"code": <stable code>, "detail": <text>, ...}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+logger = logging.getLogger(__name__)
+
+_CODES: dict[type[Exception], str] = {
+    exceptions.NotAuthenticated: "not_authenticated",
+    exceptions.AuthenticationFailed: "authentication_failed",
+    exceptions.PermissionDenied: "permission_denied",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.ParseError: "malformed_json",
+    exceptions.Throttled: "throttled",
+    exceptions.ValidationError: "invalid_request",
+}
+
+
+class ApiError(exceptions.APIException):
+    """A domain error with a stable code, raised by views after a service refused something."""
+
+    def __init__(self, *, code: str, detail: str, status_code: int = 400, **extra: Any) -> None:
+        super().__init__(detail=detail, code=code)
+        self.status_code = status_code
+        self.code = code
+        self.extra = extra
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, RequestDataTooBig):
+        return Response(
+            {"code": "payload_too_large", "detail": "Request body too large."},
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        logger.warning("database unavailable: %s", exc)
+        return Response(
+            {"code": "database_unavailable", "detail": "The database is unavailable; retry later."},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
+    if isinstance(exc, ApiError):
+        body: dict[str, Any] = {"code": exc.code, "detail": str(exc.detail)}
+        body.update(exc.extra)
+        return Response(body, status=exc.status_code)
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    code = next((c for t, c in _CODES.items() if isinstance(exc, t)), "error")
+    data = response.data
+    if isinstance(exc, exceptions.ValidationError):
+        response.data = {"code": code, "detail": "Invalid request.", "errors": data}
+    else:
+        detail = data.get("detail", data) if isinstance(data, dict) else data
+        response.data = {"code": code, "detail": str(detail)}
+    return response
+
+
+def api_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return JsonResponse({"code": "not_found", "detail": "Not found."}, status=404)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception or Exception("not found"))
+
+
+def api_server_error(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return JsonResponse({"code": "server_error", "detail": "Internal error."}, status=500)
+    from django.views.defaults import server_error
+
+    return server_error(request)

@@ -1,0 +1,80 @@
+"""Principals' grants and the ordered policy rules."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Grant(models.Model):
+    """A permission string (``crm:write``; ``crm:*`` covers every ``crm:`` grant) for a user or group."""
+
+    permission = models.CharField(max_length=100)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="grants"
+    )
+    group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.CASCADE, related_name="grants")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(user__isnull=False) & Q(group__isnull=True))
+                | (Q(user__isnull=True) & Q(group__isnull=False)),
+                name="grant_user_xor_group",
+            ),
+            models.UniqueConstraint(fields=("permission", "user"), name="grant_user_perm_uniq"),
+            models.UniqueConstraint(fields=("permission", "group"), name="grant_group_perm_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        holder = self.user or self.group
+        return f"{self.permission} → {holder}"
+
+
+class Decision(models.TextChoices):
+    ALLOW = "allow"
+    BLOCK = "block"
+    REQUIRE_APPROVAL = "require_approval"
+    REDACT = "redact"
+
+
+class Checkpoint(models.TextChoices):
+    BEFORE_EXECUTE = "before_execute"
+    BEFORE_COMMIT = "before_commit"
+    BOTH = "both"
+
+
+class PolicyRule(models.Model):
+    """One ordered rule. First enabled match by ``order`` wins; see docs/governance.md."""
+
+    order = models.IntegerField(default=100)
+    name = models.CharField(max_length=100)
+    enabled = models.BooleanField(default=True)
+    job_type = models.CharField(max_length=128, default="*", help_text="glob, e.g. crm.* ")
+    scope = models.CharField(max_length=64, blank=True, default="", help_text="blank = any")
+    principal = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    risk = models.CharField(max_length=16, blank=True, default="", help_text="blank = any")
+    conditions = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='list of {"path": "amount", "op": "gt", "value": 1000}; all must hold',
+    )
+    decision = models.CharField(max_length=32, choices=Decision.choices)
+    approvers = models.PositiveSmallIntegerField(default=1)
+    checkpoint = models.CharField(max_length=32, choices=Checkpoint.choices, blank=True, default="")
+    redact_fields = models.JSONField(default=list, blank=True)
+    reason = models.CharField(max_length=300, blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("order", "id")
+
+    def __str__(self) -> str:
+        return f"#{self.order} {self.name} → {self.decision}"

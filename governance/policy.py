@@ -1,0 +1,239 @@
+"""Policy evaluation: the same function at submit and again inside the worker."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
+from audit.services import canonical_json
+from governance.models import Checkpoint, Decision, PolicyRule
+
+REDACTED = "[REDACTED]"
+_MISSING = object()
+
+# With no matching rule, the job type's risk decides (docs/governance.md).
+RISK_DEFAULTS: dict[str, tuple[str, int]] = {
+    "low": (Decision.ALLOW, 0),
+    "medium": (Decision.ALLOW, 0),
+    "high": (Decision.REQUIRE_APPROVAL, 1),
+    "critical": (Decision.REQUIRE_APPROVAL, 2),
+}
+
+
+@dataclass
+class PolicyDecision:
+    action: str
+    reason: str
+    policy_version: str
+    rule_id: int | None = None
+    rule_name: str = ""
+    approvers: int = 0
+    checkpoint: str = ""
+    redact_fields: list[str] = field(default_factory=list)
+    path: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _lookup(data: Any, path: str) -> Any:
+    current = data
+    for part in path.split("."):
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        else:
+            return _MISSING
+    return current
+
+
+def condition_holds(condition: dict[str, Any], inputs: dict[str, Any]) -> bool:
+    op = condition.get("op", "eq")
+    expected = condition.get("value")
+    actual = _lookup(inputs, str(condition.get("path", "")))
+    if op == "exists":
+        return (actual is not _MISSING) == bool(expected if expected is not None else True)
+    if actual is _MISSING:
+        return False
+    try:
+        match op:
+            case "eq":
+                return bool(actual == expected)
+            case "ne":
+                return bool(actual != expected)
+            case "in":
+                return actual in expected
+            case "not_in":
+                return actual not in expected
+            case "gt":
+                return bool(actual > expected)
+            case "gte":
+                return bool(actual >= expected)
+            case "lt":
+                return bool(actual < expected)
+            case "lte":
+                return bool(actual <= expected)
+            case "contains":
+                return expected in actual
+            case "regex":
+                return re.search(str(expected), str(actual)) is not None
+            case "glob":
+                return fnmatch.fnmatchcase(str(actual), str(expected))
+    except TypeError:
+        return False
+    return False
+
+
+VALID_OPS = {"eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "contains", "regex", "glob", "exists"}
+
+
+def _rule_fingerprint(rule: PolicyRule) -> dict[str, Any]:
+    return {
+        "id": rule.pk,
+        "order": rule.order,
+        "job_type": rule.job_type,
+        "scope": rule.scope,
+        "principal": rule.principal_id,
+        "group": rule.group_id,
+        "risk": rule.risk,
+        "conditions": rule.conditions,
+        "decision": rule.decision,
+        "approvers": rule.approvers,
+        "checkpoint": rule.checkpoint,
+        "redact_fields": rule.redact_fields,
+    }
+
+
+def active_rules() -> list[PolicyRule]:
+    return list(PolicyRule.objects.filter(enabled=True).order_by("order", "id"))
+
+
+def policy_version(rules: list[PolicyRule]) -> str:
+    digest = hashlib.sha256(canonical_json([_rule_fingerprint(r) for r in rules]).encode()).hexdigest()
+    return digest[:16]
+
+
+def _rule_matches(
+    rule: PolicyRule,
+    *,
+    principal: AbstractBaseUser | AnonymousUser,
+    group_ids: set[int],
+    job_type: str,
+    scope: str,
+    risk: str,
+    inputs: dict[str, Any],
+) -> bool:
+    if not fnmatch.fnmatchcase(job_type, rule.job_type or "*"):
+        return False
+    if rule.scope and rule.scope != scope:
+        return False
+    if rule.principal_id is not None and rule.principal_id != principal.pk:
+        return False
+    if rule.group_id is not None and rule.group_id not in group_ids:
+        return False
+    if rule.risk and rule.risk != risk:
+        return False
+    return all(condition_holds(c, inputs) for c in rule.conditions or [])
+
+
+def policy_evaluate(
+    *,
+    principal: AbstractBaseUser | AnonymousUser,
+    job_type: str,
+    scope: str,
+    risk: str,
+    ack: str,
+    has_commit: bool,
+    inputs: dict[str, Any],
+) -> PolicyDecision:
+    """Return the decision for one job: first enabled matching rule by order, else risk default.
+
+    A ``redact`` rule is not final: it records its fields and evaluation goes on, so a later
+    rule can still block or require approval (the path lists every rule that matched).
+    A job type's own acknowledgment point always requires at least one approval there.
+    """
+    rules = active_rules()
+    version = policy_version(rules)
+    group_ids = set(principal.groups.values_list("id", flat=True)) if principal.pk else set()
+    path: list[str] = []
+    redact: list[str] = []
+    decision: PolicyDecision | None = None
+    for rule in rules:
+        if not _rule_matches(
+            rule, principal=principal, group_ids=group_ids, job_type=job_type, scope=scope, risk=risk,
+            inputs=inputs,
+        ):
+            continue
+        path.append(f"rule:{rule.pk}:{rule.name}:{rule.decision}")
+        if rule.decision == Decision.REDACT:
+            redact.extend(f for f in rule.redact_fields if f not in redact)
+            continue
+        decision = PolicyDecision(
+            action=rule.decision,
+            reason=rule.reason or f"rule {rule.name}",
+            policy_version=version,
+            rule_id=rule.pk,
+            rule_name=rule.name,
+            approvers=rule.approvers if rule.decision == Decision.REQUIRE_APPROVAL else 0,
+            checkpoint=rule.checkpoint if rule.decision == Decision.REQUIRE_APPROVAL else "",
+        )
+        break
+    if decision is None:
+        action, approvers = RISK_DEFAULTS.get(risk, (Decision.REQUIRE_APPROVAL, 1))
+        path.append(f"default:risk={risk}:{action}")
+        decision = PolicyDecision(
+            action=action,
+            reason=f"no rule matched; default for risk {risk}",
+            policy_version=version,
+            approvers=approvers,
+        )
+    if ack and ack != "none" and decision.action != Decision.BLOCK:
+        path.append(f"job_type_ack:{ack}")
+        if decision.action != Decision.REQUIRE_APPROVAL:
+            decision.action = Decision.REQUIRE_APPROVAL
+            decision.approvers = 1
+            decision.reason = f"job type requires acknowledgment {ack}"
+        decision.checkpoint = _merge_checkpoints(decision.checkpoint, ack)
+    if decision.action == Decision.REQUIRE_APPROVAL:
+        decision.approvers = max(1, decision.approvers)
+        if not decision.checkpoint:
+            decision.checkpoint = Checkpoint.BEFORE_COMMIT if has_commit else Checkpoint.BEFORE_EXECUTE
+        if decision.checkpoint in (Checkpoint.BEFORE_COMMIT, Checkpoint.BOTH) and not has_commit:
+            decision.checkpoint = Checkpoint.BEFORE_EXECUTE
+    decision.redact_fields = redact
+    decision.path = path
+    if redact and decision.action == Decision.ALLOW:
+        decision.action = Decision.REDACT
+    return decision
+
+
+def _merge_checkpoints(a: str, b: str) -> str:
+    points = {p for p in (a, b) if p}
+    if "both" in points or points == {"before_execute", "before_commit"}:
+        return "both"
+    return points.pop() if points else ""
+
+
+def redact_inputs(inputs: dict[str, Any], fields: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Return a copy of ``inputs`` with the named (dotted) fields replaced, and which were present."""
+    import copy
+
+    result = copy.deepcopy(inputs)
+    hit: list[str] = []
+    for path in fields:
+        parts = path.split(".")
+        node: Any = result
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if isinstance(node, dict) and parts[-1] in node:
+            node[parts[-1]] = REDACTED
+            hit.append(path)
+    return result, hit

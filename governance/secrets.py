@@ -1,0 +1,45 @@
+"""Secret input fields, encrypted at rest with Fernet (``cryptography``).
+
+The key comes from ``JOBS_SECRET_KEY`` (a urlsafe base64 Fernet key) or, when unset, is
+derived from ``SECRET_KEY``. Secret values are given only to the handler; they appear in no
+API response, admin page, stamp or log line.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from functools import lru_cache
+from typing import Any
+
+from cryptography.fernet import Fernet
+from django.conf import settings
+
+
+@lru_cache(maxsize=1)
+def _fernet() -> Fernet:
+    key = settings.JOBS_SECRET_KEY
+    if not key:
+        key = base64.urlsafe_b64encode(hashlib.sha256(settings.SECRET_KEY.encode()).digest()).decode()
+    return Fernet(key.encode())
+
+
+def split_secrets(inputs: dict[str, Any], secret_fields: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return (public inputs, secret values) for the top-level ``secret_fields``."""
+    public = {k: v for k, v in inputs.items() if k not in secret_fields}
+    secret = {k: v for k, v in inputs.items() if k in secret_fields}
+    return public, secret
+
+
+def encrypt_secrets(values: dict[str, Any]) -> str:
+    if not values:
+        return ""
+    return _fernet().encrypt(json.dumps(values).encode()).decode()
+
+
+def decrypt_secrets(token: str) -> dict[str, Any]:
+    if not token:
+        return {}
+    data: dict[str, Any] = json.loads(_fernet().decrypt(token.encode()))
+    return data

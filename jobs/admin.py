@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from jobs.models import EffectRecord, ExternalRecord, Job, JobRun
+
+
+class JobRunInline(admin.TabularInline[JobRun, Job]):
+    model = JobRun
+    extra = 0
+    can_delete = False
+    fields = ("run_id", "stage", "attempt", "worker", "started_at", "finished_at", "outcome", "error_class")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin[Job]):
+    """Jobs are changed only through services (transitions with stamps), never edited here."""
+
+    list_display = ("id", "job_type", "status", "stage", "session_id", "principal", "priority", "attempts",
+                    "error_class", "created_at")
+    list_filter = ("status", "stage", "job_type", "error_class")
+    search_fields = ("id", "session_id", "trace_id", "correlation_id")
+    list_select_related = ("principal",)
+    show_full_result_count = False
+    date_hierarchy = "created_at"
+    exclude = ("secret_inputs",)
+    inlines = [JobRunInline]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in Job._meta.fields if f.name != "secret_inputs"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(EffectRecord)
+class EffectRecordAdmin(admin.ModelAdmin[EffectRecord]):
+    list_display = ("job_type", "effect_key", "job", "created_at")
+    raw_id_fields = ("job",)
+    show_full_result_count = False
+
+
+@admin.register(ExternalRecord)
+class ExternalRecordAdmin(admin.ModelAdmin[ExternalRecord]):
+    list_display = ("id", "key", "written_by_job", "created_at")
+    search_fields = ("key", "written_by_job")

@@ -1,0 +1,175 @@
+"""REST endpoints for jobs: thin views over jobs.services and jobs.selectors."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.http import StreamingHttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import renderers
+from rest_framework.generics import ListAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from audit.selectors import stamps_for_job
+from config.errors import ApiError
+from jobs.models import TERMINAL_STATUSES, Job, JobStatus
+from jobs.selectors import job_get, job_list, job_runs
+from jobs.serializers import (
+    AuditStampSerializer,
+    JobListSerializer,
+    JobRunSerializer,
+    JobSerializer,
+    SubmitResponseSerializer,
+    SubmitSerializer,
+    submit_body,
+)
+from jobs.services import SubmitError, SubmitSpec, job_submit
+
+
+def _get_job_or_404(request: Request, job_id: str) -> Job:
+    job = job_get(principal=request.user, job_id=job_id)
+    if job is None:
+        raise ApiError(code="not_found", detail="No such job.", status_code=404)
+    return job
+
+
+class JobListCreateView(ListAPIView):
+    serializer_class = JobListSerializer
+
+    def get_queryset(self) -> Any:
+        status = self.request.query_params.get("status") or None
+        if status and status not in JobStatus.values:
+            raise ApiError(code="invalid_request", detail=f"unknown status {status!r}",
+                           errors={"status": [f"must be one of {', '.join(JobStatus.values)}"]})
+        return job_list(
+            principal=self.request.user,
+            session_id=self.request.query_params.get("session_id") or None,
+            status=status,
+            job_type=self.request.query_params.get("job_type") or None,
+        )
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("session_id", str), OpenApiParameter("status", str),
+            OpenApiParameter("job_type", str),
+        ]
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    @extend_schema(request=SubmitSerializer, responses={202: SubmitResponseSerializer, 200: SubmitResponseSerializer})
+    def post(self, request: Request) -> Response:
+        if not isinstance(request.data, dict):
+            raise ApiError(code="invalid_request", detail="The body must be a JSON object.")
+        serializer = SubmitSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        spec = SubmitSpec(
+            job_type=data["job_type"],
+            inputs=data["inputs"],
+            session_id=data["session_id"],
+            idempotency_key=data.get("idempotency_key") or None,
+            priority=data.get("priority", 0),
+            run_after=data.get("run_after"),
+            constraints=data.get("constraints") or {},
+            trace_id=data.get("trace_id", ""),
+            correlation_id=data.get("correlation_id", ""),
+            conversation_id=data.get("conversation_id", ""),
+            callback_url=data.get("callback_url", ""),
+        )
+        try:
+            result = job_submit(principal=request.user, spec=spec)  # type: ignore[arg-type]
+        except SubmitError as exc:
+            raise ApiError(code=exc.code, detail=exc.detail, status_code=exc.status, **exc.extra) from exc
+        body = submit_body(result.job, request)
+        if result.blocked:
+            missing = result.job.reason.startswith("missing permissions")
+            body["code"] = "permission_denied" if missing else "policy_blocked"
+            body["detail"] = result.job.reason
+            return Response(body, status=403)
+        return Response(body, status=202 if result.created else 200)
+
+
+class JobDetailView(APIView):
+    @extend_schema(responses=JobSerializer)
+    def get(self, request: Request, job_id: str) -> Response:
+        job = _get_job_or_404(request, job_id)
+        data = JobSerializer(job).data
+        data["runs"] = JobRunSerializer(job_runs(job_id=job.pk), many=True).data
+        return Response(data)
+
+
+class JobAuditView(APIView):
+    @extend_schema(responses=AuditStampSerializer(many=True))
+    def get(self, request: Request, job_id: str) -> Response:
+        job = _get_job_or_404(request, job_id)
+        stamps = stamps_for_job(job_id=job.pk)
+        return Response({"job_id": job.pk, "stamps": AuditStampSerializer(stamps, many=True).data})
+
+
+class EventStreamRenderer(renderers.BaseRenderer):
+    media_type = "text/event-stream"
+    format = "sse"
+    charset = "utf-8"
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        return json.dumps(data).encode()
+
+
+def _sse(event: str, data: dict[str, Any], event_id: str | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+def job_event_stream(job_id: str, *, after_seq: int = 0, max_seconds: float | None = None) -> Iterator[str]:
+    """Status changes (audit stamps) and progress of one job, until it ends or time runs out."""
+    deadline = time.monotonic() + (max_seconds or settings.API_SSE_MAX_S)
+    last_seq = after_seq
+    last_progress: tuple[Any, Any] | None = None
+    yield "retry: 1000\n\n"
+    try:
+        while True:
+            for stamp in stamps_for_job(job_id=job_id).filter(seq__gt=last_seq):
+                last_seq = stamp.seq
+                yield _sse("status", {"seq": stamp.seq, "event": stamp.event, "from": stamp.from_status,
+                                      "to": stamp.to_status, "at": stamp.created_at.isoformat()},
+                           str(stamp.seq))
+            row = Job.objects.filter(pk=job_id).values("status", "progress_pct", "progress_message").first()
+            if row is None:
+                return
+            progress = (row["progress_pct"], row["progress_message"])
+            if row["progress_pct"] is not None and progress != last_progress:
+                last_progress = progress
+                yield _sse("progress", {"pct": row["progress_pct"], "message": row["progress_message"]})
+            if row["status"] in TERMINAL_STATUSES:
+                yield _sse("end", {"status": row["status"]})
+                return
+            if time.monotonic() > deadline:
+                yield _sse("timeout", {"status": row["status"]})
+                return
+            time.sleep(settings.API_SSE_POLL_S)
+    finally:
+        close_old_connections()
+
+
+class JobEventsView(APIView):
+    renderer_classes = [renderers.JSONRenderer, EventStreamRenderer]
+
+    @extend_schema(responses={(200, "text/event-stream"): str})
+    def get(self, request: Request, job_id: str) -> StreamingHttpResponse:
+        job = _get_job_or_404(request, job_id)
+        try:
+            after = int(request.headers.get("Last-Event-ID") or request.query_params.get("after") or 0)
+        except ValueError:
+            raise ApiError(code="invalid_request", detail="Last-Event-ID must be an integer") from None
+        response = StreamingHttpResponse(job_event_stream(job.pk, after_seq=after), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from rest_framework import serializers
+
+from audit.models import AuditStamp
+from jobs.models import Job, JobRun, JobStatus
+
+
+class SubmitSerializer(serializers.Serializer):
+    job_type = serializers.CharField(max_length=128)
+    inputs = serializers.JSONField()
+    session_id = serializers.CharField(max_length=128)
+    idempotency_key = serializers.CharField(max_length=255, required=False, allow_null=True)
+    priority = serializers.IntegerField(required=False, default=0, min_value=-100, max_value=100)
+    run_after = serializers.DateTimeField(required=False, allow_null=True)
+    constraints = serializers.DictField(required=False, default=dict)
+    trace_id = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+    correlation_id = serializers.CharField(max_length=128, required=False, allow_blank=True, default="")
+    conversation_id = serializers.CharField(max_length=128, required=False, allow_blank=True, default="")
+    callback_url = serializers.URLField(max_length=500, required=False, allow_blank=True, default="")
+
+    def validate_inputs(self, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("inputs must be a JSON object")
+        return value
+
+
+class SubmitResponseSerializer(serializers.Serializer):
+    job_id = serializers.CharField()
+    run_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    status_url = serializers.CharField()
+    stream_url = serializers.CharField()
+
+
+def submit_body(job: Job, request: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "job_id": job.id,
+        "run_id": job.first_run_id,
+        "status": job.submitted_status or job.status,
+        "status_url": request.build_absolute_uri(reverse("job-detail", args=[job.id])),
+        "stream_url": request.build_absolute_uri(reverse("job-events", args=[job.id])),
+    }
+    if job.status == JobStatus.BLOCKED:
+        body["reason"] = job.reason
+    return body
+
+
+class JobRunSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = JobRun
+        fields = ("run_id", "stage", "attempt", "worker", "started_at", "finished_at", "outcome",
+                  "error", "error_class", "model_version", "tools_used")
+
+
+class JobSerializer(serializers.ModelSerializer):
+    job_id = serializers.CharField(source="id")
+    progress = serializers.SerializerMethodField()
+    approval = serializers.SerializerMethodField()
+    links = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        # secret_inputs is deliberately absent: secrets never leave the worker.
+        fields = (
+            "job_id", "job_type", "status", "stage", "session_id", "trace_id", "correlation_id",
+            "conversation_id", "scope", "risk", "permissions", "priority", "run_after", "attempts",
+            "max_attempts", "inputs", "constraints", "idempotency_key", "proposal", "result", "error",
+            "error_class", "reason", "policy_decision", "approval", "progress", "current_run_id",
+            "created_at", "updated_at", "started_at", "finished_at", "links",
+        )
+
+    def get_progress(self, job: Job) -> dict[str, Any] | None:
+        if job.progress_pct is None:
+            return None
+        return {"pct": job.progress_pct, "message": job.progress_message}
+
+    def get_approval(self, job: Job) -> dict[str, Any] | None:
+        from approvals.models import ApprovalRequest
+
+        request = ApprovalRequest.objects.filter(job_id=job.pk).order_by("-created_at").first()
+        if request is None:
+            return None
+        return {
+            "approval_id": request.pk,
+            "checkpoint": request.checkpoint,
+            "status": request.status,
+            "required_approvals": request.required_approvals,
+            "expires_at": request.expires_at,
+        }
+
+    def get_links(self, job: Job) -> dict[str, str]:
+        return {
+            "self": reverse("job-detail", args=[job.pk]),
+            "audit": reverse("job-audit", args=[job.pk]),
+            "events": reverse("job-events", args=[job.pk]),
+        }
+
+
+class JobListSerializer(serializers.ModelSerializer):
+    job_id = serializers.CharField(source="id")
+
+    class Meta:
+        model = Job
+        fields = ("job_id", "job_type", "status", "stage", "session_id", "priority", "attempts",
+                  "error_class", "created_at", "updated_at", "finished_at")
+
+
+class AuditStampSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AuditStamp
+        fields = ("seq", "created_at", "actor", "event", "from_status", "to_status", "details",
+                  "prev_hash", "hash")

@@ -1,0 +1,276 @@
+"""Writes on jobs: submit, and the decisions between stages. API, admin, tasks and commands call these."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import jsonschema
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import canonical_json
+from governance.models import Decision
+from governance.policy import PolicyDecision, policy_evaluate, redact_inputs
+from governance.secrets import encrypt_secrets, split_secrets
+from governance.selectors import missing_permissions, principal_grants
+from jobs.dispatcher import dispatch_soon
+from jobs.errors import UnknownJobType
+from jobs.models import Job, JobStatus, Stage, new_trace_id
+from jobs.registry import JobType, registry
+from jobs.transitions import job_created_stamp
+
+KNOWN_CONSTRAINTS = {"max_runtime_s", "requires_human_ack", "no_external_posting"}
+PRIORITY_RANGE = (-100, 100)
+
+
+class SubmitError(Exception):
+    """Submit refused before anything was written."""
+
+    def __init__(self, code: str, detail: str, *, status: int = 400, **extra: Any) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.status = status
+        self.extra = extra
+
+
+@dataclass
+class SubmitSpec:
+    job_type: str
+    inputs: dict[str, Any]
+    session_id: str
+    idempotency_key: str | None = None
+    priority: int = 0
+    run_after: datetime | None = None
+    constraints: dict[str, Any] = field(default_factory=dict)
+    trace_id: str = ""
+    correlation_id: str = ""
+    conversation_id: str = ""
+    callback_url: str = ""
+
+
+@dataclass
+class SubmitResult:
+    job: Job
+    created: bool
+
+    @property
+    def blocked(self) -> bool:
+        return self.job.status == JobStatus.BLOCKED
+
+
+def _request_hash(spec: SubmitSpec) -> str:
+    payload = {
+        "job_type": spec.job_type,
+        "inputs": spec.inputs,
+        "session_id": spec.session_id,
+        "priority": spec.priority,
+        "run_after": spec.run_after.isoformat() if spec.run_after else None,
+        "constraints": spec.constraints,
+        "callback_url": spec.callback_url,
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def _schema_errors(schema: dict[str, Any], inputs: dict[str, Any]) -> dict[str, list[str]]:
+    validator = jsonschema.Draft202012Validator(schema)
+    errors: dict[str, list[str]] = {}
+    for error in validator.iter_errors(inputs):
+        path = ".".join(str(p) for p in error.absolute_path) or "(root)"
+        errors.setdefault(path, []).append(error.message)
+    return errors
+
+
+def _validate_constraints(constraints: dict[str, Any], job_type: JobType) -> dict[str, Any]:
+    unknown = sorted(set(constraints) - KNOWN_CONSTRAINTS)
+    if unknown:
+        raise SubmitError("invalid_constraints", f"unknown constraints: {', '.join(unknown)}",
+                          errors={k: ["unknown constraint"] for k in unknown})
+    out = dict(constraints)
+    if "max_runtime_s" in out:
+        value = out["max_runtime_s"]
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= job_type.max_runtime_s:
+            raise SubmitError(
+                "invalid_constraints",
+                f"max_runtime_s must be an integer from 1 to {job_type.max_runtime_s} for {job_type.name}",
+                errors={"max_runtime_s": ["out of range"]},
+            )
+    for flag in ("requires_human_ack", "no_external_posting"):
+        if flag in out and not isinstance(out[flag], bool):
+            raise SubmitError("invalid_constraints", f"{flag} must be a boolean", errors={flag: ["not a boolean"]})
+    return out
+
+
+def validate_inputs(*, job_type: JobType, inputs: Any) -> None:
+    if not isinstance(inputs, dict):
+        raise SubmitError("invalid_inputs", "inputs must be a JSON object", errors={"(root)": ["not an object"]})
+    errors = _schema_errors(job_type.input_schema, inputs)
+    if errors:
+        raise SubmitError("invalid_inputs", "inputs do not match the job type's schema", errors=errors)
+
+
+def _first_stage(job_type: JobType) -> str:
+    return Stage.INTAKE if job_type.has_intake() else Stage.EXECUTE
+
+
+def _initial_status(decision: PolicyDecision) -> tuple[str, str]:
+    """(status, approval checkpoint) for a new admitted job."""
+    if decision.action == Decision.REQUIRE_APPROVAL and decision.checkpoint in ("before_execute", "both"):
+        return JobStatus.PENDING_APPROVAL, "before_execute"
+    return JobStatus.QUEUED, ""
+
+
+def job_submit(*, principal: AbstractBaseUser, spec: SubmitSpec) -> SubmitResult:
+    """Validate, evaluate policy, stamp and queue one job.
+
+    Steps: (1) resolve the job type; (2) validate inputs and constraints; (3) an idempotency
+    key already used by this principal returns its job (same payload) or raises
+    ``idempotency_conflict``; (4) permission check — a miss records a ``blocked`` job; (5) policy
+    — block records a ``blocked`` job, redact replaces fields, require_approval parks the job;
+    (6) secret fields are split off and encrypted; (7) insert + creation stamp in one
+    transaction (a concurrent duplicate key loses on the unique constraint and is answered like
+    step 3); (8) a dispatch pass runs after commit.
+    """
+    try:
+        job_type = registry.get(spec.job_type)
+    except UnknownJobType:
+        raise SubmitError("unknown_job_type", f"unknown job type {spec.job_type!r}") from None
+    validate_inputs(job_type=job_type, inputs=spec.inputs)
+    constraints = _validate_constraints(spec.constraints or {}, job_type)
+    if not PRIORITY_RANGE[0] <= spec.priority <= PRIORITY_RANGE[1]:
+        raise SubmitError("invalid_request", "priority must be between -100 and 100",
+                          errors={"priority": ["out of range"]})
+    request_hash = _request_hash(spec)
+    if spec.idempotency_key:
+        existing = _idempotent_existing(principal, spec.idempotency_key, request_hash)
+        if existing is not None:
+            return SubmitResult(existing, created=False)
+
+    public_inputs, secrets = split_secrets(spec.inputs, job_type.secret_fields)
+    decision = policy_evaluate(
+        principal=principal, job_type=job_type.name, scope=job_type.scope, risk=job_type.risk,
+        ack=job_type.ack, has_commit=job_type.has_commit(), inputs=public_inputs,
+    )
+    if constraints.get("requires_human_ack") and decision.action in (Decision.ALLOW, Decision.REDACT):
+        decision.action = Decision.REQUIRE_APPROVAL
+        decision.approvers = max(1, decision.approvers)
+        decision.checkpoint = "before_commit" if job_type.has_commit() else "before_execute"
+        decision.path.append("constraint:requires_human_ack")
+    missing = missing_permissions(required=job_type.permissions, grants=principal_grants(principal=principal))
+
+    status, checkpoint = _initial_status(decision)
+    reason = ""
+    event = "submitted"
+    if missing:
+        status, reason, event = JobStatus.BLOCKED, f"missing permissions: {', '.join(missing)}", "blocked"
+    elif decision.action == Decision.BLOCK:
+        status, reason, event = JobStatus.BLOCKED, f"policy: {decision.reason}", "blocked"
+    redacted: list[str] = []
+    if decision.redact_fields:
+        public_inputs, redacted = redact_inputs(public_inputs, decision.redact_fields)
+
+    max_runtime = int(constraints.get("max_runtime_s", job_type.max_runtime_s))
+    job = Job(
+        trace_id=spec.trace_id or new_trace_id(),
+        correlation_id=spec.correlation_id,
+        conversation_id=spec.conversation_id,
+        session_id=spec.session_id,
+        principal=principal,
+        job_type=job_type.name,
+        scope=job_type.scope,
+        permissions=list(job_type.permissions),
+        risk=str(job_type.risk),
+        inputs=public_inputs,
+        secret_inputs=encrypt_secrets(secrets),
+        constraints=constraints,
+        idempotency_key=spec.idempotency_key or None,
+        request_hash=request_hash,
+        priority=spec.priority,
+        run_after=spec.run_after or timezone.now(),
+        callback_url=spec.callback_url,
+        status=status,
+        submitted_status=status,
+        stage=_first_stage(job_type),
+        max_attempts=job_type.retry.max_attempts,
+        max_runtime_s=max_runtime,
+        policy_decision=decision.as_dict(),
+        approval_checkpoint=checkpoint,
+        reason=reason,
+        error_class="policy_violation" if status == JobStatus.BLOCKED else "",
+    )
+    details: dict[str, Any] = {
+        "policy": decision.as_dict(),
+        "redacted_fields": redacted,
+        "secret_fields": sorted(secrets),
+        "session_id": spec.session_id,
+        "trace_id": job.trace_id,
+        "correlation_id": spec.correlation_id,
+        "conversation_id": spec.conversation_id,
+    }
+    if missing:
+        details["missing_permissions"] = missing
+    try:
+        with transaction.atomic():
+            if status == JobStatus.BLOCKED:
+                job.finished_at = job.created_at
+            job.save(force_insert=True)
+            job_created_stamp(job=job, event=event, actor=f"principal:{principal.get_username()}",
+                              details=details)
+            if status == JobStatus.PENDING_APPROVAL:
+                _open_approval(job, decision)
+            if status == JobStatus.QUEUED:
+                dispatch_soon()
+    except IntegrityError:
+        if not spec.idempotency_key:
+            raise
+        existing = _idempotent_existing(principal, spec.idempotency_key, request_hash)
+        if existing is None:
+            raise
+        return SubmitResult(existing, created=False)
+    return SubmitResult(job, created=True)
+
+
+def _idempotent_existing(principal: AbstractBaseUser, key: str, request_hash: str) -> Job | None:
+    existing = Job.objects.filter(principal=principal, idempotency_key=key).first()
+    if existing is None:
+        return None
+    if existing.request_hash != request_hash:
+        raise SubmitError(
+            "idempotency_conflict",
+            "this idempotency key was used with a different payload",
+            status=409,
+            job_id=existing.id,
+        )
+    return existing
+
+
+def _open_approval(job: Job, decision: PolicyDecision | dict[str, Any]) -> None:
+    from approvals.services import approval_open
+
+    data = decision.as_dict() if isinstance(decision, PolicyDecision) else decision
+    approval_open(job=job, checkpoint=job.approval_checkpoint, approvers=int(data.get("approvers") or 1))
+
+
+def next_stage_status(*, job: Job, job_type: JobType, next_stage: str) -> tuple[str, dict[str, Any]]:
+    """Where a job goes after a stage succeeds: queued for the next stage, or a human first."""
+    decision = job.policy_decision or {}
+    wants_commit_ack = decision.get("action") == Decision.REQUIRE_APPROVAL and decision.get("checkpoint") in (
+        "before_commit",
+        "both",
+    )
+    if next_stage == Stage.FINALIZE and wants_commit_ack:
+        from approvals.selectors import approval_granted
+
+        if not approval_granted(job_id=job.id, checkpoint="before_commit"):
+            transaction.on_commit(lambda: _open_approval_by_id(job.id))
+            return JobStatus.PENDING_APPROVAL, {"approval_checkpoint": "before_commit"}
+    return JobStatus.QUEUED, {"approval_checkpoint": ""}
+
+
+def _open_approval_by_id(job_id: str) -> None:
+    job = Job.objects.get(pk=job_id)
+    _open_approval(job, job.policy_decision)

@@ -1,0 +1,79 @@
+"""Celery tasks. Thin: each takes ids and calls a service.
+
+``GovernedStageTask`` is the one base class every stage task uses: it holds the reliability
+defaults (explicit names, acks_late, reject_on_worker_lost, no Celery-level retries of domain
+errors) and routes every message through :func:`jobs.runner.stage_run`, which claims the job and
+re-checks governance before any handler runs — a new task cannot skip it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from django.db import InterfaceError, OperationalError
+
+from config.celery import app
+from jobs.dispatcher import dispatch_ready
+from jobs.runner import stage_run
+
+logger = logging.getLogger(__name__)
+
+
+class GovernedStageTask(Task):  # type: ignore[type-arg]
+    acks_late = True
+    reject_on_worker_lost = True
+    ignore_result = True
+    typing = False  # arguments are validated by stage_run, which stamps what it refuses
+    stage: str = ""
+    max_retries = 30
+
+    def run(self, *args: Any, **kwargs: Any) -> dict[str, str]:
+        job_id = args[0] if len(args) > 0 else kwargs.get("job_id")
+        stage = args[1] if len(args) > 1 else kwargs.get("stage")
+        token = args[2] if len(args) > 2 else kwargs.get("token")
+        try:
+            outcome = stage_run(
+                job_id=job_id,
+                stage=stage,
+                token=token,
+                worker=self.request.hostname or "unknown",
+                celery_task_id=self.request.id or "",
+                task_stage=self.stage,
+            )
+        except (OperationalError, InterfaceError) as exc:
+            # The database is away: back off and try this message again. The job row is
+            # untouched (or its lease will expire), so nothing runs twice.
+            countdown = min(30, 2 ** min(self.request.retries, 5))
+            logger.warning("database unavailable in %s; retrying in %ss", self.name, countdown)
+            raise self.retry(exc=exc, countdown=countdown) from exc
+        return outcome.as_dict()
+
+
+@app.task(bind=True, base=GovernedStageTask, name="jobs.intake", stage="intake")
+def intake(self: GovernedStageTask, *args: Any, **kwargs: Any) -> dict[str, str]:
+    return GovernedStageTask.run(self, *args, **kwargs)
+
+
+@app.task(bind=True, base=GovernedStageTask, name="jobs.execute", stage="execute")
+def execute(self: GovernedStageTask, *args: Any, **kwargs: Any) -> dict[str, str]:
+    return GovernedStageTask.run(self, *args, **kwargs)
+
+
+@app.task(bind=True, base=GovernedStageTask, name="jobs.finalize", stage="finalize")
+def finalize(self: GovernedStageTask, *args: Any, **kwargs: Any) -> dict[str, str]:
+    return GovernedStageTask.run(self, *args, **kwargs)
+
+
+@app.task(name="jobs.dispatch_tick", ignore_result=True, acks_late=False)
+def dispatch_tick() -> int:
+    """Beat backstop: promote due retries and publish whatever is ready."""
+    return dispatch_ready(promote=True)
+
+
+@app.task(name="jobs.reap_leases", ignore_result=True, acks_late=False)
+def reap_leases() -> dict[str, int]:
+    from jobs.recovery import reap_expired_leases
+
+    return reap_expired_leases()
