@@ -1,0 +1,150 @@
+"""Shared fixtures.
+
+Integration tests (marker ``integration``) run real ``celery worker`` and ``celery beat``
+processes against the pytest-django test database on PostgreSQL and a real Redis. Under
+``CI=true`` a missing PostgreSQL or Redis fails the run; elsewhere those tests are skipped with
+the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from tests import harness
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+_service_problem: str | None = None
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _check_services() -> str | None:
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        return f"DATABASE_URL is not PostgreSQL ({db['ENGINE']})"
+    if not _reachable(db.get("HOST") or "127.0.0.1", int(db.get("PORT") or 5432)):
+        return f"PostgreSQL is not reachable at {db.get('HOST')}:{db.get('PORT')}"
+    broker = urlparse(settings.CELERY_BROKER_URL)
+    if broker.scheme not in {"redis", "rediss"}:
+        return f"CELERY_BROKER_URL is not Redis ({settings.CELERY_BROKER_URL})"
+    if not _reachable(broker.hostname or "127.0.0.1", broker.port or 6379):
+        return f"Redis is not reachable at {broker.hostname}:{broker.port}"
+    return None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _service_problem
+    _service_problem = _check_services()
+    if _service_problem and IN_CI:
+        pytest.exit(f"CI=true and a required service is missing: {_service_problem}", returncode=3)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not _service_problem:
+        return
+    skip = pytest.mark.skip(reason=f"needs PostgreSQL + Redis: {_service_problem}")
+    for item in items:
+        if "integration" in item.keywords or "chaos" in item.keywords:
+            item.add_marker(skip)
+
+
+# --- principals and clients -------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_principal(db: None) -> Any:
+    from governance.services import principal_ensure
+
+    def make(username: str = "agent", grants: tuple[str, ...] = ("demo:*", "store:write", "net:call"),
+             **kwargs: Any) -> Any:
+        return principal_ensure(username=username, grants=list(grants), **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def principal(make_principal: Any) -> Any:
+    return make_principal()
+
+
+@pytest.fixture
+def api(principal: Any) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {principal.token}")
+    return client
+
+
+# --- real workers -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def worker_processes(django_db_setup: None, django_db_blocker: Any) -> Iterator[dict[str, harness.Proc]]:
+    """One worker for every queue plus beat, for the whole session, on the test database."""
+    if _service_problem:
+        pytest.skip(_service_problem)
+    with django_db_blocker.unblock():
+        harness.purge_queues()
+        worker = harness.start_worker(name="suite", concurrency=2)
+        beat = harness.start_beat()
+    procs = {"worker": worker, "beat": beat}
+    try:
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+@pytest.fixture
+def live(transactional_db: None, worker_processes: dict[str, harness.Proc]) -> Iterator[dict[str, harness.Proc]]:
+    """Committed data (workers see it) and live workers; stale broker messages purged first."""
+    for name, proc in worker_processes.items():
+        assert proc.alive(), f"{name} died:\n{proc.log()[-3000:]}"
+    harness.purge_queues()
+    yield worker_processes
+
+
+def wait_status(job_id: str, statuses: set[str] | str, timeout: float = 30.0) -> Any:
+    """Poll the job until its status is one of ``statuses``; return the job."""
+    from jobs.models import Job
+
+    wanted = {statuses} if isinstance(statuses, str) else set(statuses)
+
+    def check() -> Any:
+        job = Job.objects.filter(pk=job_id).first()
+        return job if job is not None and job.status in wanted else None
+
+    try:
+        return harness.wait_until(check, timeout=timeout, message=f"{job_id} in {sorted(wanted)}")
+    except AssertionError:
+        job = Job.objects.filter(pk=job_id).first()
+        raise AssertionError(
+            f"{job_id} did not reach {sorted(wanted)} in {timeout}s; it is "
+            f"{job.status if job else 'missing'} ({job.error if job else ''})"
+        ) from None
+
+
+@pytest.fixture
+def submit(api: APIClient) -> Any:
+    def do(job_type: str, inputs: dict[str, Any] | None = None, *, session_id: str = "s-test",
+           expect: int | None = 202, **extra: Any) -> Any:
+        body = {"job_type": job_type, "inputs": inputs or {}, "session_id": session_id, **extra}
+        response = api.post("/api/v1/jobs", body, format="json")
+        if expect is not None:
+            assert response.status_code == expect, response.content
+        return response
+
+    return do
