@@ -1,0 +1,92 @@
+"""The one transition function: guarded compare-and-set with its stamp in the same transaction."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from audit.models import AuditStamp
+from jobs.models import Job, JobRun, JobStatus
+from jobs.runner import stage_run
+from jobs.services import SubmitSpec, job_submit
+from jobs.transitions import IllegalTransition, job_transition
+
+
+def _queued_job(principal: Any, job_type: str = "demo.noop") -> Job:
+    result = job_submit(principal=principal.user, spec=SubmitSpec(job_type=job_type, inputs={}, session_id="s"))
+    return result.job
+
+
+def _race(n: int, action: Any) -> list[Any]:
+    """Run ``action`` in ``n`` threads released at the same instant; each has its own connection."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results[i] = action(i)
+        except Exception as exc:  # surfaced by the assertion below
+            results[i] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return results
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_racing_for_one_transition_only_one_wins(principal: Any) -> None:
+    # given a queued job
+    job = _queued_job(principal)
+    # when two "workers" try queued -> running at the same moment, several times over
+    results = _race(
+        2,
+        lambda i: job_transition(job_id=job.id, to=JobStatus.RUNNING, allowed_from=[JobStatus.QUEUED],
+                                 event="claimed", actor=f"worker:{i}"),
+    )
+    # then exactly one moved it, the other was a no-op, and there is exactly one stamp for it
+    assert sorted(r is None for r in results) == [False, True], results
+    assert Job.objects.get(pk=job.id).status == JobStatus.RUNNING
+    assert AuditStamp.objects.filter(job_id=job.id, event="claimed").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_racing_claims_of_the_same_message_run_the_handler_once(principal: Any) -> None:
+    # given a queued, dispatched two-stage job
+    job = job_submit(
+        principal=principal.user,
+        spec=SubmitSpec(job_type="demo.local_store_write", inputs={"key": "race", "data": {}}, session_id="s"),
+    ).job
+    Job.objects.filter(pk=job.id).update(dispatch_token="tok")
+    # when two deliveries of its execute message are handled at once
+    results = _race(2, lambda i: stage_run(job_id=job.id, stage="execute", token="tok", worker=f"w{i}"))
+    # then one ran the stage and the other was refused and stamped
+    outcomes = sorted(r.outcome for r in results)
+    assert outcomes == ["advanced", "refused"], results
+    assert JobRun.objects.filter(job_id=job.id).count() == 1
+    assert AuditStamp.objects.filter(job_id=job.id, event="claim_refused").count() == 1
+
+
+@pytest.mark.django_db
+def test_illegal_transition_is_refused_before_touching_the_row(principal: Any) -> None:
+    job = _queued_job(principal)
+    with pytest.raises(IllegalTransition):
+        job_transition(job_id=job.id, to=JobStatus.SUCCEEDED, allowed_from=[JobStatus.QUEUED], event="x")
+    assert Job.objects.get(pk=job.id).status == JobStatus.QUEUED
+
+
+@pytest.mark.django_db
+def test_transition_from_a_status_not_allowed_is_a_noop(principal: Any) -> None:
+    job = _queued_job(principal)
+    assert job_transition(job_id=job.id, to=JobStatus.SUCCEEDED, allowed_from=[JobStatus.RUNNING],
+                          event="succeeded") is None
+    assert Job.objects.get(pk=job.id).status == JobStatus.QUEUED
+    assert not AuditStamp.objects.filter(job_id=job.id, event="succeeded").exists()
