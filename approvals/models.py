@@ -55,3 +55,6 @@ class ApprovalDecision(models.Model):
         constraints = [
             models.UniqueConstraint(fields=("request", "approver"), name="approval_one_decision_per_approver")
         ]
+
+    def __str__(self) -> str:
+        return f"{'approve' if self.approve else 'deny'} by {self.approver_id} on {self.request_id}"

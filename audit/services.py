@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -40,7 +39,7 @@ def stamp_hash(
         {
             "job_id": job_id,
             "seq": seq,
-            "created_at": created_at.astimezone(dt_timezone.utc).isoformat(timespec="microseconds"),
+            "created_at": created_at.astimezone(UTC).isoformat(timespec="microseconds"),
             "actor": actor,
             "event": event,
             "from": from_status,

@@ -68,9 +68,9 @@ def condition_holds(condition: dict[str, Any], inputs: dict[str, Any]) -> bool:
             case "ne":
                 return bool(actual != expected)
             case "in":
-                return actual in expected
+                return actual in (expected or [])
             case "not_in":
-                return actual not in expected
+                return actual not in (expected or [])
             case "gt":
                 return bool(actual > expected)
             case "gte":
@@ -160,7 +160,8 @@ def policy_evaluate(
     """
     rules = active_rules()
     version = policy_version(rules)
-    group_ids = set(principal.groups.values_list("id", flat=True)) if principal.pk else set()
+    groups = getattr(principal, "groups", None)
+    group_ids = set(groups.values_list("id", flat=True)) if principal.pk and groups is not None else set()
     path: list[str] = []
     redact: list[str] = []
     decision: PolicyDecision | None = None

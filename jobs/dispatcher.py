@@ -127,7 +127,7 @@ def dispatch_ready(*, limit: int | None = None, promote: bool = False) -> int:
             return 0
         stale = now - timedelta(seconds=settings.JOBS_REDISPATCH_AFTER_S)
         rows: list[dict[str, Any]] = list(
-            Job.objects.select_for_update(skip_locked=True)
+            Job.objects.select_for_update(skip_locked=True)  # type: ignore[arg-type]
             .filter(status=JobStatus.QUEUED, run_after__lte=now)
             .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=stale))
             .order_by("-priority", "run_after", "created_at")

@@ -198,6 +198,9 @@ class EffectRecord(models.Model):
             models.UniqueConstraint(fields=("job_type", "effect_key"), name="effect_type_key_uniq")
         ]
 
+    def __str__(self) -> str:
+        return f"{self.job_type}:{self.effect_key}"
+
 
 class ExternalRecord(models.Model):
     """A small local "external system" the example job types write to.
@@ -213,3 +216,6 @@ class ExternalRecord(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=("key",), name="external_key_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.pk})"

@@ -64,7 +64,7 @@ def reap_expired_leases(*, limit: int = 200) -> dict[str, int]:
         else:
             to, error_class = JobStatus.QUEUED, cause
         with transaction.atomic():
-            updates = {
+            updates: dict[str, object] = {
                 "lease_expires_at": None,
                 "lease_owner": "",
                 "error_class": error_class,

@@ -286,7 +286,7 @@ def stage_run(*, job_id: Any, stage: Any, token: Any, worker: str, celery_task_i
             raise JobCancelled(job.id)
     except JobCancelled:
         return cancel_running(job, run, ctx, worker=worker)
-    except BaseException as exc:  # noqa: BLE001 — classified below; SystemExit/KeyboardInterrupt re-raised
+    except BaseException as exc:  # classified below; SystemExit/KeyboardInterrupt re-raised
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
             raise
         error_class = classify_error(exc, job_type)

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import jsonschema
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -124,7 +124,7 @@ def _initial_status(decision: PolicyDecision) -> tuple[str, str]:
     return JobStatus.QUEUED, ""
 
 
-def job_submit(*, principal: AbstractBaseUser, spec: SubmitSpec) -> SubmitResult:
+def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
     """Validate, evaluate policy, stamp and queue one job.
 
     Steps: (1) resolve the job type; (2) validate inputs and constraints; (3) an idempotency
@@ -234,7 +234,7 @@ def job_submit(*, principal: AbstractBaseUser, spec: SubmitSpec) -> SubmitResult
     return SubmitResult(job, created=True)
 
 
-def _idempotent_existing(principal: AbstractBaseUser, key: str, request_hash: str) -> Job | None:
+def _idempotent_existing(principal: User, key: str, request_hash: str) -> Job | None:
     existing = Job.objects.filter(principal=principal, idempotency_key=key).first()
     if existing is None:
         return None

@@ -115,7 +115,7 @@ class LocalStoreWrite(JobType):
         }
 
     def rollback(self, ctx: JobContext, committed: dict[str, Any]) -> dict[str, Any]:
-        deleted, _ = ExternalRecord.objects.filter(pk=committed.get("record_id")).delete()
+        deleted, _ = ExternalRecord.objects.filter(pk=int(committed.get("record_id") or 0)).delete()
         return {"deleted": deleted}
 
 
@@ -148,7 +148,7 @@ class HttpCall(JobType):
     }
 
     def execute(self, ctx: JobContext, inputs: dict[str, Any]) -> dict[str, Any]:
-        with urllib.request.urlopen(inputs["url"], timeout=float(inputs.get("timeout_s", 10))) as resp:  # noqa: S310
+        with urllib.request.urlopen(inputs["url"], timeout=float(inputs.get("timeout_s", 10))) as resp:
             raw = resp.read(1024 * 1024)
             status = resp.status
         try:
