@@ -91,6 +91,64 @@ def condition_holds(condition: dict[str, Any], inputs: dict[str, Any]) -> bool:
 
 
 VALID_OPS = {"eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "contains", "regex", "glob", "exists"}
+# Operators whose value must be a list (membership tests).
+_LIST_OPS = {"in", "not_in"}
+_PATH_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+
+
+def conditions_errors(conditions: Any) -> list[str]:
+    """Why ``conditions`` is not a valid rule condition list (empty when it is).
+
+    A malformed condition would otherwise never match (``condition_holds`` answers False on a
+    type error), silently disabling a block rule; the admin form refuses to save it instead.
+    """
+    if conditions in (None, ""):
+        return []
+    if not isinstance(conditions, list):
+        return ["conditions must be a JSON list of objects"]
+    errors: list[str] = []
+    for i, cond in enumerate(conditions):
+        where = f"condition {i + 1}"
+        if not isinstance(cond, dict):
+            errors.append(f"{where}: must be an object with path, op and value")
+            continue
+        unknown = sorted(set(cond) - {"path", "op", "value"})
+        if unknown:
+            errors.append(f"{where}: unknown keys {', '.join(unknown)}")
+        path = cond.get("path")
+        if not isinstance(path, str) or not _PATH_RE.match(path):
+            errors.append(f"{where}: path must be a dotted field name such as 'amount' or 'contact.email'")
+        op = cond.get("op", "eq")
+        if op not in VALID_OPS:
+            errors.append(f"{where}: unknown op {op!r} (known: {', '.join(sorted(VALID_OPS))})")
+            continue
+        if op != "exists" and "value" not in cond:
+            errors.append(f"{where}: op {op!r} needs a value")
+        value = cond.get("value")
+        if op in _LIST_OPS and not isinstance(value, list):
+            errors.append(f"{where}: op {op!r} needs a list value")
+        if op == "exists" and value is not None and not isinstance(value, bool):
+            errors.append(f"{where}: op 'exists' takes true, false or no value")
+        if op in {"gt", "gte", "lt", "lte"} and (isinstance(value, bool) or not isinstance(value, (int, float, str))):
+            errors.append(f"{where}: op {op!r} needs a number or string value")
+        if op == "regex":
+            try:
+                re.compile(str(value))
+            except re.error as exc:
+                errors.append(f"{where}: invalid regex: {exc}")
+    return errors
+
+
+def redact_fields_errors(fields: Any) -> list[str]:
+    """Why ``fields`` is not a valid list of (dotted) input field names to redact."""
+    if fields in (None, ""):
+        return []
+    if not isinstance(fields, list):
+        return ["redact fields must be a JSON list of field names"]
+    return [
+        f"redact field {f!r} must be a dotted field name" for f in fields
+        if not isinstance(f, str) or not _PATH_RE.match(f)
+    ]
 
 
 def _rule_fingerprint(rule: PolicyRule) -> dict[str, Any]:

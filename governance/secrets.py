@@ -43,3 +43,43 @@ def decrypt_secrets(token: str) -> dict[str, Any]:
         return {}
     data: dict[str, Any] = json.loads(_fernet().decrypt(token.encode()))
     return data
+
+
+SECRET_MASK = "[SECRET]"
+_MIN_SUBSTRING_MASK = 6
+
+
+def secrets_scrub(value: Any, secret_values: list[str]) -> Any:
+    """Return ``value`` with every occurrence of a secret string masked, recursively.
+
+    Handler outputs and error messages are stored and shown; a handler that echoes its token
+    (``return inputs``, ``raise ValueError(f"bad token {token}")``) must not leak it there.
+    """
+    needles = [s for s in secret_values if s]
+    if not needles:
+        return value
+    if isinstance(value, str):
+        for needle in needles:
+            # A very short secret is masked only as a whole value: replacing it inside every
+            # string would mangle unrelated output.
+            if len(needle) >= _MIN_SUBSTRING_MASK:
+                value = value.replace(needle, SECRET_MASK)
+            elif value == needle:
+                value = SECRET_MASK
+        return value
+    if isinstance(value, dict):
+        return {k: secrets_scrub(v, needles) for k, v in value.items()}
+    if isinstance(value, list):
+        return [secrets_scrub(v, needles) for v in value]
+    return value
+
+
+def secret_strings(values: dict[str, Any]) -> list[str]:
+    """The string forms of decrypted secret values, for :func:`secrets_scrub`."""
+    out: list[str] = []
+    for v in values.values():
+        if isinstance(v, str):
+            out.append(v)
+        elif v is not None and not isinstance(v, bool):
+            out.append(json.dumps(v))
+    return out

@@ -115,3 +115,21 @@ def principal_ensure(
             token, _ = Token.objects.get_or_create(user=user)
         held = set(Grant.objects.filter(user=user).values_list("permission", flat=True))
     return PrincipalResult(user=user, token=token.key, grants=held, created=created)
+
+
+def grant_revoke(*, username: str, permissions: list[str]) -> list[str]:
+    """Remove the named grants from a user (not from its groups); return those that were held.
+
+    A job already admitted with one of these grants is stopped by the worker's re-check
+    (``dead_lettered``, ``policy_violation``) before any handler runs.
+    """
+    from governance.models import Grant
+
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        return []
+    held = list(
+        Grant.objects.filter(user=user, permission__in=permissions).values_list("permission", flat=True)
+    )
+    Grant.objects.filter(user=user, permission__in=permissions).delete()
+    return sorted(held)
