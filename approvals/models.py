@@ -28,6 +28,9 @@ class ApprovalRequest(models.Model):
     expires_at = models.DateTimeField()
     created_at = models.DateTimeField(default=timezone.now)
     decided_at = models.DateTimeField(null=True, blank=True)
+    # Set when an approver changed the inputs at ``before_commit``: the proposal was drafted
+    # from the old inputs, so the job drafts again and the new proposal is reviewed again.
+    inputs_modified = models.BooleanField(default=False)
 
     class Meta:
         constraints = [
@@ -58,3 +61,12 @@ class ApprovalDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{'approve' if self.approve else 'deny'} by {self.approver_id} on {self.request_id}"
+
+
+class DeadLetteredJob(Job):
+    """The dead-letter queue: the admin's view of jobs in ``dead_lettered`` (a proxy, no table)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "dead-lettered job"
+        verbose_name_plural = "dead-letter queue"

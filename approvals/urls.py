@@ -1,0 +1,10 @@
+from django.urls import path
+
+from approvals import api
+
+urlpatterns = [
+    path("approvals", api.ApprovalListView.as_view(), name="approval-list"),
+    path("approvals/<int:approval_id>", api.ApprovalDetailView.as_view(), name="approval-detail"),
+    path("approvals/<int:approval_id>/approve", api.ApprovalApproveView.as_view(), name="approval-approve"),
+    path("approvals/<int:approval_id>/deny", api.ApprovalDenyView.as_view(), name="approval-deny"),
+]
