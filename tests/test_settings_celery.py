@@ -26,7 +26,9 @@ def test_reliability_settings_reach_celery() -> None:
     assert conf.task_routes["jobs.intake"] == {"queue": "intake"}
     assert conf.task_routes["jobs.finalize"] == {"queue": "finalize"}
     assert conf.beat_scheduler == settings.CELERY_BEAT_SCHEDULER
-    assert set(conf.beat_schedule) == {"jobs-dispatch-tick", "jobs-reap-leases"}
+    assert set(conf.beat_schedule) == {"jobs-dispatch-tick", "jobs-reap-leases", "jobs-enforce-cancels",
+                                       "approvals-expire"}
+    assert conf.task_routes["jobs.enforce_cancels"] == {"queue": "control"}
 
 
 def test_every_celery_setting_is_a_known_celery_key() -> None:

@@ -60,12 +60,18 @@ def test_two_workers_racing_for_one_transition_only_one_wins(principal: Any) -> 
 
 @pytest.mark.django_db(transaction=True)
 def test_racing_claims_of_the_same_message_run_the_handler_once(principal: Any) -> None:
-    # given a queued, dispatched two-stage job
+    # given a queued two-stage job, held back from the dispatcher by a far run_after, then
+    # admitted by hand (so no worker that may be running in this session sees a message for it)
+    from datetime import timedelta
+
+    from django.utils import timezone
+
     job = job_submit(
         principal=principal.user,
-        spec=SubmitSpec(job_type="demo.local_store_write", inputs={"key": "race", "data": {}}, session_id="s"),
+        spec=SubmitSpec(job_type="demo.local_store_write", inputs={"key": "race", "data": {}}, session_id="s",
+                        run_after=timezone.now() + timedelta(hours=1)),
     ).job
-    Job.objects.filter(pk=job.id).update(dispatch_token="tok")
+    Job.objects.filter(pk=job.id).update(dispatch_token="tok", dispatched_at=timezone.now())
     # when two deliveries of its execute message are handled at once
     results = _race(2, lambda i: stage_run(job_id=job.id, stage="execute", token="tok", worker=f"w{i}"))
     # then one ran the stage and the other was refused and stamped

@@ -1,0 +1,153 @@
+"""Chaos: workers killed with SIGKILL mid-stage, the broker stopped mid-run.
+
+Each test starts its own redis-server on a spare port, its own workers and beat against it, and
+publishes to it from this process (``tests.faults.private_stack``), so nothing it breaks is
+shared with other tests. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from django.db.models import Count, Q
+from django.test import override_settings
+
+from audit.models import AuditStamp
+from jobs.models import TERMINAL_STATUSES, EffectRecord, ExternalRecord, Job, JobRun, JobStatus, RunOutcome
+from jobs.services import SubmitSpec, job_submit
+from tests import harness
+from tests.faults import private_stack
+
+pytestmark = pytest.mark.chaos
+
+
+def _kill_group(proc: harness.Proc) -> None:
+    """kill -9 the worker: its main process and every pool process, with no chance to ack."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.popen.wait(timeout=10)
+
+
+def _wait_all_terminal(session_id: str, count: int, timeout: float) -> dict[str, int]:
+    def done() -> bool:
+        return Job.objects.filter(session_id=session_id, status__in=TERMINAL_STATUSES).count() >= count
+
+    try:
+        harness.wait_until(done, timeout=timeout, interval=0.5, message=f"{count} jobs of {session_id} to finish")
+    except AssertionError:
+        left = Counter(Job.objects.filter(session_id=session_id).values_list("status", flat=True))
+        raise AssertionError(f"not every job finished in {timeout}s: {dict(left)}") from None
+    return dict(Counter(Job.objects.filter(session_id=session_id).values_list("status", flat=True)))
+
+
+def _assert_each_accounted_for(session_id: str) -> None:
+    """Every job succeeded with exactly one succeeded run, or is dead-lettered with a reason."""
+    for job in Job.objects.filter(session_id=session_id).annotate(
+        ok_runs=Count("runs", filter=Q(runs__outcome=RunOutcome.SUCCEEDED, runs__stage="execute"))
+    ):
+        if job.status == JobStatus.SUCCEEDED:
+            assert job.ok_runs == 1, f"{job.id} has {job.ok_runs} succeeded execute runs"
+        else:
+            assert job.status == JobStatus.DEAD_LETTERED and job.reason and job.error_class, job
+
+
+def test_kill_9_worker_mid_execute_loses_no_job(transactional_db: None, submit: Any) -> None:
+    with private_stack() as stack:
+        first = stack.worker("victim")
+        stack.beat()
+        # given 20 two-second jobs, some of them running on the first worker
+        ids = [submit("demo.flaky", {"sleep_s": 2}, session_id="chaos-a").json()["job_id"] for _ in range(20)]
+        harness.wait_until(lambda: Job.objects.filter(pk__in=ids, status=JobStatus.RUNNING).count() >= 2,
+                           timeout=30, message="two jobs running")
+        # when that worker is killed with SIGKILL and a second one takes over
+        _kill_group(first)
+        stack.worker("survivor")
+        # then every job ends, none lost, each succeeded exactly once or dead-lettered with a reason
+        statuses = _wait_all_terminal("chaos-a", 20, timeout=120)
+    assert set(statuses) <= {JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED}, statuses
+    _assert_each_accounted_for("chaos-a")
+    # and the runs cut short were reaped as lost, not left running
+    assert JobRun.objects.filter(job_id__in=ids, outcome=RunOutcome.LOST).count() >= 2
+    assert not JobRun.objects.filter(job_id__in=ids, outcome=RunOutcome.RUNNING).exists()
+
+
+def test_kill_9_worker_mid_commit_writes_each_effect_once(transactional_db: None, submit: Any) -> None:
+    with private_stack() as stack:
+        first = stack.worker("victim")
+        stack.beat()
+        # given six two-stage jobs whose commit takes 2 s, some of them committing
+        keys = [f"chaos-b-{i}" for i in range(6)]
+        for key in keys:
+            submit("demo.local_store_write", {"key": key, "data": {"k": key}, "commit_sleep_s": 2},
+                   session_id="chaos-b")
+        harness.wait_until(
+            lambda: Job.objects.filter(session_id="chaos-b", stage="finalize", status=JobStatus.RUNNING).count() >= 1,
+            timeout=30, message="a commit in progress")
+        # when the worker is killed with SIGKILL mid-commit and a second one takes over
+        _kill_group(first)
+        stack.worker("survivor")
+        statuses = _wait_all_terminal("chaos-b", 6, timeout=120)
+    # then every job succeeded and the store holds each effect exactly once
+    assert statuses == {JobStatus.SUCCEEDED: 6}, statuses
+    counts = dict(ExternalRecord.objects.filter(key__in=keys).values_list("key").annotate(n=Count("id")))
+    assert counts == {key: 1 for key in keys}
+    assert EffectRecord.objects.filter(job__session_id="chaos-b").count() == 6
+    assert JobRun.objects.filter(job__session_id="chaos-b", stage="finalize", outcome=RunOutcome.LOST).exists()
+
+
+def test_broker_restart_mid_run_completes_500_jobs_once_each(transactional_db: None, principal: Any) -> None:
+    # Redis keeps nothing on disk here: messages queued when it stops are gone, and the
+    # dispatcher's redispatch window (5 s) must publish them again.
+    # One session holds all 500 jobs here: lift the per-session fair-share cap, in the workers
+    # (env) and in this process, which dispatches on every submit.
+    fast = {"JOBS_REDISPATCH_AFTER_S": "5", "JOBS_MAX_IN_FLIGHT": "60", "JOBS_SESSION_MAX_CONCURRENCY": "60"}
+    with private_stack(**fast) as stack, override_settings(JOBS_SESSION_MAX_CONCURRENCY=60):
+        stack.worker("steady")
+        stack.beat()
+        # given 500 no-op jobs submitted and running
+        for i in range(500):
+            job_submit(principal=principal.user, spec=SubmitSpec(job_type="demo.noop", inputs={"i": i},
+                                                                 session_id="chaos-c"))
+        harness.wait_until(
+            lambda: Job.objects.filter(session_id="chaos-c", status=JobStatus.SUCCEEDED).count() >= 100,
+            timeout=60, message="100 jobs done")
+        # when Redis is stopped for a while and started again on the same port, empty
+        stack.redis.stop()
+        time.sleep(3)
+        stack.restart_redis()
+        # then all 500 complete, each with exactly one succeeded run
+        statuses = _wait_all_terminal("chaos-c", 500, timeout=150)
+    assert statuses == {JobStatus.SUCCEEDED: 500}, statuses
+    _assert_each_accounted_for("chaos-c")
+
+
+def test_same_message_published_twice_on_a_private_broker_runs_once(transactional_db: None, submit: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from jobs.dispatcher import Admitted, publish
+
+    with private_stack() as stack:
+        stack.worker("dup", concurrency=2)
+        # given a job admitted as the dispatcher does (held back first, so only our copies exist)
+        later = (timezone.now() + timedelta(hours=1)).isoformat()
+        body = submit("demo.local_store_write", {"key": "chaos-d", "data": {}}, run_after=later,
+                      session_id="chaos-d").json()
+        Job.objects.filter(pk=body["job_id"]).update(run_after=timezone.now(), dispatched_at=timezone.now(),
+                                                     dispatch_token="tok-d")
+        job = Job.objects.get(pk=body["job_id"])
+        # when its execute message is published twice at once, to two idle pool processes
+        message = Admitted(job.id, "execute", "tok-d", 60, job.trace_id, job.scope)
+        assert publish([message, message]) == []
+        # then it ran once: one execute run, one effect, the copy refused
+        _wait_all_terminal("chaos-d", 1, timeout=60)
+        harness.wait_until(lambda: AuditStamp.objects.filter(job_id=job.id, event="claim_refused").exists(),
+                           timeout=20, message="the duplicate to be refused")
+    assert Job.objects.get(pk=job.id).status == JobStatus.SUCCEEDED
+    assert JobRun.objects.filter(job_id=job.id, stage="execute").count() == 1
+    assert ExternalRecord.objects.filter(key="chaos-d").count() == 1
