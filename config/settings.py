@@ -185,7 +185,9 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Celery ---------------------------------------------------------------------------------
-_broker_default = "filesystem://"
+# The host part means nothing to the filesystem transport; naming one stops kombu warning
+# "No hostname was supplied" on every connection.
+_broker_default = "filesystem://localhost/"
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=_broker_default)
 if "://" not in CELERY_BROKER_URL:
     raise ImproperlyConfigured(f"CELERY_BROKER_URL must be a URL, got {CELERY_BROKER_URL!r}")
@@ -195,6 +197,10 @@ if "://" not in CELERY_BROKER_URL:
 CELERY_VISIBILITY_TIMEOUT_S = _int("CELERY_VISIBILITY_TIMEOUT_S", 3600, minimum=60)
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = Path(env.str("CELERY_FILESYSTEM_DIR", default=str(VAR_DIR / "broker")))
+    # kombu's filesystem transport creates none of these (kombu/transport/filesystem.py lists
+    # and writes them as they are, and mkdirs the control folder without parents).
+    for _sub in ("queue", "control", "processed"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
@@ -207,8 +213,12 @@ else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": CELERY_VISIBILITY_TIMEOUT_S,
         "socket_connect_timeout": _float("CELERY_BROKER_CONNECT_TIMEOUT_S", 3.0, minimum=0.1),
-        "socket_timeout": _float("CELERY_BROKER_SOCKET_TIMEOUT_S", 10.0, minimum=0.1),
-        "retry_on_timeout": True,
+        # A broker that accepts connections but does not answer (hung, overloaded) blocks every
+        # publish, and a submit publishes inside its request: with 10 s and redis-py repeating
+        # a timed-out command a submit waited 40-100 s; with 3 s and no repeat about 6-9 s
+        # (docs/reliability.md). Must stay above kombu's BRPOP timeout (1 s).
+        "socket_timeout": _float("CELERY_BROKER_SOCKET_TIMEOUT_S", 3.0, minimum=1.5),
+        "retry_on_timeout": _bool("CELERY_BROKER_RETRY_ON_TIMEOUT", False),
         "health_check_interval": 10,
     }
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="django-db")
@@ -233,6 +243,8 @@ CELERY_TASK_ROUTES = {
     "jobs.finalize": {"queue": "finalize"},
     "jobs.dispatch_tick": {"queue": "control"},
     "jobs.reap_leases": {"queue": "control"},
+    "approvals.expire": {"queue": "control"},
+    "jobs.enforce_cancels": {"queue": "control"},
 }
 # Publishing happens after commit, sometimes inside an HTTP request: give up fast when the
 # broker is down, the job stays queued in the database and the dispatcher publishes it later.
@@ -246,9 +258,14 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 JOBS_DISPATCH_TICK_S = _float("JOBS_DISPATCH_TICK_S", 2.0, minimum=0.1)
 JOBS_REAPER_TICK_S = _float("JOBS_REAPER_TICK_S", 5.0, minimum=0.1)
+APPROVALS_EXPIRE_TICK_S = _float("APPROVALS_EXPIRE_TICK_S", 5.0, minimum=0.1)
+# How often running jobs whose cancel grace ran out are terminated (jobs.enforce_cancels).
+JOBS_CANCEL_ENFORCE_TICK_S = _float("JOBS_CANCEL_ENFORCE_TICK_S", 2.0, minimum=0.1)
 CELERY_BEAT_SCHEDULE = {
     "jobs-dispatch-tick": {"task": "jobs.dispatch_tick", "schedule": JOBS_DISPATCH_TICK_S},
     "jobs-reap-leases": {"task": "jobs.reap_leases", "schedule": JOBS_REAPER_TICK_S},
+    "approvals-expire": {"task": "approvals.expire", "schedule": APPROVALS_EXPIRE_TICK_S},
+    "jobs-enforce-cancels": {"task": "jobs.enforce_cancels", "schedule": JOBS_CANCEL_ENFORCE_TICK_S},
 }
 
 # --- Jobs -----------------------------------------------------------------------------------
@@ -263,6 +280,14 @@ JOBS_HEARTBEAT_S = _float("JOBS_HEARTBEAT_S", 5.0, minimum=0.1)
 JOBS_CANCEL_POLL_S = _float("JOBS_CANCEL_POLL_S", 0.5, minimum=0.05)
 JOBS_TIME_LIMIT_GRACE_S = _int("JOBS_TIME_LIMIT_GRACE_S", 10, minimum=1)
 JOBS_MAX_CLAIMS_PER_STAGE = _int("JOBS_MAX_CLAIMS_PER_STAGE", 5, minimum=1)
+# A running job asked to cancel gets this long to stop on its own (ctx.cancelled) before its
+# worker process is terminated with JOBS_CANCEL_SIGNAL (Celery revoke with terminate=True).
+JOBS_CANCEL_GRACE_S = _float("JOBS_CANCEL_GRACE_S", 10.0, minimum=0.0)
+JOBS_CANCEL_SIGNAL = env.str("JOBS_CANCEL_SIGNAL", default="SIGKILL")
+if JOBS_CANCEL_SIGNAL not in {"SIGKILL", "SIGTERM"}:
+    raise ImproperlyConfigured(f"JOBS_CANCEL_SIGNAL must be SIGKILL or SIGTERM, got {JOBS_CANCEL_SIGNAL!r}")
+# Fair share: in-flight cap of one agent session unless its principal or the session sets one.
+JOBS_SESSION_MAX_CONCURRENCY = _int("JOBS_SESSION_MAX_CONCURRENCY", 3, minimum=1)
 JOBS_TYPE_MODULES = _list("JOBS_TYPE_MODULES", "jobs.examples")
 # Scopes this process's workers execute; "*" means all.
 JOBS_WORKER_SCOPES = _list("JOBS_WORKER_SCOPES", "*")

@@ -5,7 +5,15 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from jobs.models import EffectRecord, ExternalRecord, Job, JobRun
+from jobs.models import (
+    EffectRecord,
+    ExternalRecord,
+    Job,
+    JobRun,
+    JobTypeControl,
+    PrincipalControl,
+    SessionControl,
+)
 
 
 class JobRunInline(admin.TabularInline[JobRun, Job]):
@@ -32,6 +40,21 @@ class JobAdmin(admin.ModelAdmin[Job]):
     date_hierarchy = "created_at"
     exclude = ("secret_inputs",)
     inlines = [JobRunInline]
+    actions = ["rollback_selected"]
+
+    @admin.action(description="Roll back selected succeeded jobs (types with a rollback handler)")
+    def rollback_selected(self, request: HttpRequest, queryset: Any) -> None:
+        # The same service as any other caller; it checks operator rights, status and type.
+        from django.contrib import messages
+
+        from jobs.operations import OperationError, job_rollback
+
+        for job in queryset.order_by("pk"):
+            try:
+                outcome = job_rollback(job=job, actor=request.user)
+                messages.success(request, f"Rolled back {job.pk}: {outcome}")
+            except OperationError as exc:
+                messages.warning(request, f"Not rolled back: {job.pk} ({exc.code}): {exc.detail}")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [f.name for f in Job._meta.fields if f.name != "secret_inputs"]
@@ -54,3 +77,29 @@ class EffectRecordAdmin(admin.ModelAdmin[EffectRecord]):
 class ExternalRecordAdmin(admin.ModelAdmin[ExternalRecord]):
     list_display = ("id", "key", "written_by_job", "created_at")
     search_fields = ("key", "written_by_job")
+
+
+# --- control: per-session caps and pauses, per-principal defaults, job-type pause/rate limit ------
+
+
+@admin.register(SessionControl)
+class SessionControlAdmin(admin.ModelAdmin[SessionControl]):
+    list_display = ("session_id", "principal", "max_concurrency", "paused", "paused_until", "updated_at")
+    list_filter = ("paused",)
+    search_fields = ("session_id", "principal__username")
+    raw_id_fields = ("principal",)
+    list_select_related = ("principal",)
+
+
+@admin.register(PrincipalControl)
+class PrincipalControlAdmin(admin.ModelAdmin[PrincipalControl]):
+    list_display = ("principal", "session_max_concurrency", "updated_at")
+    raw_id_fields = ("principal",)
+    list_select_related = ("principal",)
+
+
+@admin.register(JobTypeControl)
+class JobTypeControlAdmin(admin.ModelAdmin[JobTypeControl]):
+    list_display = ("job_type", "paused", "paused_until", "rate_limit", "rate_period_s", "updated_at")
+    list_filter = ("paused",)
+    search_fields = ("job_type",)

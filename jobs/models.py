@@ -137,6 +137,18 @@ class Job(models.Model):
             # The reaper: running jobs by lease expiry.
             models.Index(fields=("status", "lease_expires_at"), name="job_lease_idx"),
             models.Index(fields=("session_id", "status"), name="job_session_status_idx"),
+            # Fair share: a session's ready jobs in admission order (the dispatcher's window).
+            models.Index(
+                fields=("principal", "session_id", "-priority", "run_after", "created_at"),
+                condition=Q(status="queued"),
+                name="job_fair_share_idx",
+            ),
+            # In-flight counts: published, not yet claimed messages.
+            models.Index(
+                fields=("dispatched_at",),
+                condition=Q(status="queued", dispatched_at__isnull=False),
+                name="job_published_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -219,3 +231,62 @@ class ExternalRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} ({self.pk})"
+
+
+# --- Control: fair share, pause, rate limits ---------------------------------------------------
+
+
+class PrincipalControl(models.Model):
+    """Per-principal defaults for its agent sessions (unset: ``JOBS_SESSION_MAX_CONCURRENCY``)."""
+
+    principal = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="job_control"
+    )
+    session_max_concurrency = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Default in-flight cap for each of this principal's sessions."
+    )
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"control for principal {self.principal_id}"
+
+
+class SessionControl(models.Model):
+    """One agent session (a principal's ``session_id``): its cap and whether it is paused.
+
+    A session is scoped per principal: two principals using the same ``session_id`` have two
+    sessions. No row means the defaults (not paused, the principal's or global cap).
+    """
+
+    principal = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    session_id = models.CharField(max_length=128)
+    max_concurrency = models.PositiveIntegerField(
+        null=True, blank=True, help_text="In-flight cap of this session (unset: the principal's default)."
+    )
+    paused = models.BooleanField(default=False)
+    paused_until = models.DateTimeField(null=True, blank=True, help_text="Paused until this time.")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=("principal", "session_id"), name="session_control_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return f"session {self.session_id} of principal {self.principal_id}"
+
+
+class JobTypeControl(models.Model):
+    """Pause and rate limit for one job type, across all sessions."""
+
+    job_type = models.CharField(max_length=128, unique=True)
+    paused = models.BooleanField(default=False)
+    paused_until = models.DateTimeField(null=True, blank=True)
+    rate_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many admissions per rate period (unset: no limit)."
+    )
+    rate_period_s = models.PositiveIntegerField(default=60)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"control for {self.job_type}"

@@ -34,7 +34,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from audit.services import stamp_append
-from governance.secrets import decrypt_secrets
+from governance.secrets import decrypt_secrets, secret_strings, secrets_scrub
 from governance.services import governance_recheck
 from jobs.context import JobContext, RunMonitor
 from jobs.dispatcher import dispatch_soon
@@ -293,19 +293,35 @@ def stage_run(*, job_id: Any, stage: Any, token: Any, worker: str, celery_task_i
         logger.info("stage %s of %s failed (%s): %s", stage, job.id, error_class, type(exc).__name__,
                     extra=ctx.log_extra)
         return fail_stage(job, run, ctx, error_class=error_class, error=f"{type(exc).__name__}: {exc}",
-                          job_type=job_type)
+                          job_type=job_type, extra=verdict.details)
     finally:
         monitor.stop()
         monitor.join(timeout=5)
 
     # 5. success
-    return complete_stage(job, run, ctx, job_type=job_type, output=output, worker=worker)
+    return complete_stage(job, run, ctx, job_type=job_type, output=output, worker=worker,
+                          governance=verdict.details)
+
+
+def _scrub_secrets(job: Job, job_type: JobType | None, value: Any, *, drop_fields: bool = False) -> Any:
+    """Mask the job's secret values in what will be stored (outputs, errors).
+
+    Secrets are re-supplied from ``secret_inputs`` to every stage, so an intake output loses its
+    secret fields entirely rather than storing them in ``normalized_inputs``.
+    """
+    if not job.secret_inputs:
+        return value
+    if drop_fields and isinstance(value, dict) and job_type is not None:
+        value = {k: v for k, v in value.items() if k not in job_type.secret_fields}
+    return secrets_scrub(value, secret_strings(decrypt_secrets(job.secret_inputs)))
 
 
 def complete_stage(job: Job, run: JobRun, ctx: JobContext, *, job_type: JobType, output: dict[str, Any],
-                   worker: str) -> StageOutcome:
+                   worker: str, governance: dict[str, Any] | None = None) -> StageOutcome:
     nxt = job_type.next_stage(run.stage)
-    details = _run_details(job, run, ctx, worker)
+    output = _scrub_secrets(job, job_type, output, drop_fields=run.stage == Stage.INTAKE)
+    # The worker's own policy decision (rule, version, path) goes into the outcome stamp.
+    details = {**_run_details(job, run, ctx, worker), **(governance or {})}
     updates: dict[str, Any] = {
         "lease_expires_at": None,
         "lease_owner": "",
@@ -354,6 +370,7 @@ def complete_stage(job: Job, run: JobRun, ctx: JobContext, *, job_type: JobType,
 def fail_stage(job: Job, run: JobRun, ctx: JobContext | None, *, error_class: str, error: str,
                job_type: JobType | None, extra: dict[str, Any] | None = None) -> StageOutcome:
     worker = run.worker
+    error = _scrub_secrets(job, job_type, error)
     details = {**_run_details(job, run, ctx, worker), "error_class": error_class, **(extra or {})}
     attempts = run.attempt
     max_attempts = job.max_attempts
@@ -368,8 +385,11 @@ def fail_stage(job: Job, run: JobRun, ctx: JobContext | None, *, error_class: st
                 job_id=job.id, to=JobStatus.RETRY_SCHEDULED, allowed_from=[JobStatus.RUNNING],
                 event="retry_scheduled", actor=_worker_actor(worker),
                 details={**details, "retry_count": attempts, "backoff_s": round(delay, 3)},
+                # A handled failure is a finished claim: ``claims`` counts only the claims that
+                # never reached an outcome (worker lost), which is what poison detection needs.
                 updates={"run_after": run_after, "error": error[:4000], "error_class": error_class,
-                         "lease_expires_at": None, "lease_owner": "", "dispatched_at": None},
+                         "lease_expires_at": None, "lease_owner": "", "dispatched_at": None,
+                         "claims": F("claims") - 1},
                 expect={"current_run_id": run.run_id},
             )
             outcome = "retry"

@@ -16,7 +16,7 @@ from django.db import InterfaceError, OperationalError
 
 from config.celery import app
 from jobs.dispatcher import dispatch_ready
-from jobs.runner import stage_run
+from jobs.runner import refuse, stage_run
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,15 @@ class GovernedStageTask(Task):  # type: ignore[type-arg]
 
     def run(self, *args: Any, **kwargs: Any) -> dict[str, str]:
         job_id = args[0] if len(args) > 0 else kwargs.get("job_id")
+        # The dispatcher sends exactly (job_id, stage, token). Anything more was not written by
+        # it: refuse (and stamp) rather than guess which fields to trust.
+        extra = sorted(set(kwargs) - {"job_id", "stage", "token"})
+        if len(args) > 3 or extra:
+            return refuse(
+                job_id=str(job_id)[:64] if isinstance(job_id, str) and job_id else "(malformed)",
+                reason="malformed_message", worker=self.request.hostname or "unknown",
+                details={"extra_args": max(0, len(args) - 3), "extra_kwargs": [k[:64] for k in extra[:10]]},
+            ).as_dict()
         stage = args[1] if len(args) > 1 else kwargs.get("stage")
         token = args[2] if len(args) > 2 else kwargs.get("token")
         try:
@@ -77,3 +86,11 @@ def reap_leases() -> dict[str, int]:
     from jobs.recovery import reap_expired_leases
 
     return reap_expired_leases()
+
+
+@app.task(name="jobs.enforce_cancels", ignore_result=True, acks_late=False)
+def enforce_cancels() -> int:
+    """Beat: terminate running jobs that ignored a cancel for longer than JOBS_CANCEL_GRACE_S."""
+    from jobs.control import cancels_enforce
+
+    return cancels_enforce()

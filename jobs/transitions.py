@@ -13,9 +13,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from audit.services import SYSTEM_ACTOR, stamp_append
+from audit.services import SYSTEM_ACTOR, stamp_append, stamps_append_bulk
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus
 
 S = JobStatus
@@ -104,3 +105,56 @@ def job_created_stamp(
         details=details,
         at=job.created_at,
     )
+
+
+# Ids per UPDATE: keeps every statement's parameter list well under SQLite's limit.
+BULK_CHUNK = 2000
+
+
+def jobs_transition_bulk(
+    *,
+    jobs: QuerySet[Job] | Iterable[str],
+    to: str,
+    allowed_from: Iterable[str],
+    event: str,
+    actor: str = SYSTEM_ACTOR,
+    details: dict[str, Any] | None = None,
+    updates: dict[str, Any] | None = None,
+) -> dict[str, list[str]]:
+    """Move many jobs to ``to`` at once; return the moved ids grouped by their prior status.
+
+    The set-based twin of :func:`job_transition`, for bulk cancel. For each status in
+    ``allowed_from``: lock the matching rows (``SELECT … FOR UPDATE`` on PostgreSQL, in
+    primary-key order so two bulk calls cannot deadlock; SQLite serialises writers), then one
+    guarded ``UPDATE … WHERE id IN (…) AND status=<that status>``. The prior status is known
+    per group, so every job gets its own correct stamp, all written with one INSERT
+    (``stamps_append_bulk``) in the same transaction. A row another process moved meanwhile is
+    simply not in the group — the same "someone else got there first" rule.
+    """
+    allowed = list(dict.fromkeys(allowed_from))
+    for from_status in allowed:
+        check_legal(from_status, to)
+    base = jobs if isinstance(jobs, QuerySet) else Job.objects.filter(pk__in=list(jobs))
+    now = timezone.now()
+    fields: dict[str, Any] = {"status": to, "updated_at": now}
+    if to in TERMINAL_STATUSES:
+        fields.update(finished_at=now, lease_expires_at=None, dispatched_at=None)
+    fields.update(updates or {})
+    moved: dict[str, list[str]] = {}
+    with transaction.atomic():
+        for from_status in allowed:
+            # of=self: a selection joined to other tables (e.g. by username) locks only jobs.
+            locked = base.filter(status=from_status).order_by("pk").select_for_update(of=("self",))
+            ids = list(locked.values_list("pk", flat=True))
+            if not ids:
+                continue
+            for start in range(0, len(ids), BULK_CHUNK):
+                Job.objects.filter(pk__in=ids[start:start + BULK_CHUNK], status=from_status).update(**fields)
+            moved[from_status] = ids
+        stamps_append_bulk([
+            {"job_id": job_id, "event": event, "actor": actor, "from_status": prior, "to_status": to,
+             "details": details}
+            for prior, ids in moved.items()
+            for job_id in ids
+        ])
+    return moved

@@ -188,3 +188,22 @@ class Flaky(JobType):
         if ctx.attempt <= int(inputs.get("fail_times", 0)):
             raise TransientError(f"simulated transient failure on attempt {ctx.attempt}")
         return {"attempt": ctx.attempt}
+
+
+@register
+class Stubborn(JobType):
+    """Sleep ``sleep_s`` seconds without ever looking at cancellation: only a forced cancel stops it."""
+
+    name = "demo.stubborn"
+    scope = "demo"
+    permissions = ("demo:run",)
+    max_runtime_s = 300
+    input_schema = {
+        "type": "object",
+        "properties": {"sleep_s": {"type": "number", "minimum": 0, "maximum": 300}},
+        "additionalProperties": False,
+    }
+
+    def execute(self, ctx: JobContext, inputs: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(float(inputs.get("sleep_s", 30)))
+        return {"slept_s": inputs.get("sleep_s", 30)}

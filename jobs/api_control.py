@@ -1,0 +1,142 @@
+"""REST endpoints for control: cancel one, cancel many, and sessions (status, pause, resume).
+
+Thin views over ``jobs.control`` (writes) and ``jobs.control_selectors`` (reads).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.errors import ApiError
+from jobs.control import NotCancellable, job_cancel, jobs_cancel, session_pause, session_resume
+from jobs.control_selectors import session_principal_ids, sessions_summarize
+from jobs.models import JobStatus
+from jobs.selectors import job_get, jobs_visible_to
+
+CANCEL_FILTER_STATUSES = (
+    JobStatus.QUEUED, JobStatus.RETRY_SCHEDULED, JobStatus.PENDING_APPROVAL, JobStatus.RUNNING,
+)
+
+
+def _actor(request: Request) -> str:
+    return f"principal:{request.user.get_username()}"
+
+
+class CancelResponseSerializer(serializers.Serializer[Any]):
+    job_id = serializers.CharField()
+    status = serializers.CharField()
+    cancelling = serializers.BooleanField()
+
+
+class BulkCancelSerializer(serializers.Serializer[Any]):
+    session_id = serializers.CharField(max_length=128)
+    status = serializers.ListField(
+        child=serializers.ChoiceField(choices=[str(s) for s in CANCEL_FILTER_STATUSES]), required=False,
+    )
+    job_type = serializers.CharField(max_length=128, required=False)
+
+    def to_internal_value(self, data: Any) -> Any:
+        # ``status`` may be one status or a list of them.
+        if isinstance(data, dict) and isinstance(data.get("status"), str):
+            data = {**data, "status": [data["status"]]}
+        return super().to_internal_value(data)
+
+
+class JobCancelView(APIView):
+    @extend_schema(operation_id="job_cancel", request=None, responses={202: CancelResponseSerializer})
+    def post(self, request: Request, job_id: str) -> Response:
+        job = job_get(principal=request.user, job_id=job_id)
+        if job is None:
+            raise ApiError(code="not_found", detail="No such job.", status_code=404)
+        try:
+            status, cancelling = job_cancel(job=job, actor=_actor(request))
+        except NotCancellable as exc:
+            raise ApiError(code="not_cancellable", detail=f"The job is {exc.status}; it cannot be cancelled.",
+                           status_code=409, status=exc.status) from exc
+        return Response({"job_id": job.pk, "status": status, "cancelling": cancelling}, status=202)
+
+
+class JobBulkCancelView(APIView):
+    @extend_schema(
+        operation_id="jobs_cancel_bulk",
+        request=BulkCancelSerializer,
+        responses={200: inline_serializer("BulkCancelResponse", {
+            "cancelled": serializers.IntegerField(), "cancelling": serializers.IntegerField(),
+            "by_status": serializers.DictField(child=serializers.IntegerField()),
+        })},
+    )
+    def post(self, request: Request) -> Response:
+        if not isinstance(request.data, dict):
+            raise ApiError(code="invalid_request", detail="The body must be a JSON object.")
+        serializer = BulkCancelSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        jobs = jobs_visible_to(principal=request.user).filter(session_id=data["session_id"])
+        if data.get("status"):
+            jobs = jobs.filter(status__in=data["status"])
+        if data.get("job_type"):
+            jobs = jobs.filter(job_type=data["job_type"])
+        result = jobs_cancel(jobs=jobs, actor=_actor(request), reason="bulk_cancel")
+        return Response(result.as_dict())
+
+
+class PauseSerializer(serializers.Serializer[Any]):
+    until = serializers.DateTimeField(required=False, allow_null=True)
+
+
+def _session_body(request: Request, session_id: str) -> dict[str, Any]:
+    username = request.query_params.get("principal") or None
+    ids = session_principal_ids(principal=request.user, session_id=session_id, username=username)
+    summaries = sessions_summarize(keys=[(pid, session_id) for pid in ids])
+    counts = {s: sum(x.counts.get(s, 0) for x in summaries) for s in JobStatus.values}
+    return {
+        "session_id": session_id,
+        "counts": counts,
+        "total": sum(counts.values()),
+        "pending_approvals": sum(x.pending_approvals for x in summaries),
+        "paused": bool(summaries) and all(x.paused for x in summaries),
+        "principals": [x.as_dict() for x in summaries],
+    }
+
+
+_PRINCIPAL_PARAM = OpenApiParameter("principal", str, description="staff only: one principal's session")
+_SESSION_RESPONSE = inline_serializer("Session", {
+    "session_id": serializers.CharField(),
+    "counts": serializers.DictField(child=serializers.IntegerField()),
+    "total": serializers.IntegerField(),
+    "pending_approvals": serializers.IntegerField(),
+    "paused": serializers.BooleanField(),
+    "principals": serializers.ListField(child=serializers.DictField()),
+})
+
+
+class SessionDetailView(APIView):
+    @extend_schema(parameters=[_PRINCIPAL_PARAM], responses=_SESSION_RESPONSE)
+    def get(self, request: Request, session_id: str) -> Response:
+        return Response(_session_body(request, session_id))
+
+
+class SessionPauseView(APIView):
+    @extend_schema(request=PauseSerializer, parameters=[_PRINCIPAL_PARAM], responses=_SESSION_RESPONSE)
+    def post(self, request: Request, session_id: str) -> Response:
+        serializer = PauseSerializer(data=request.data if isinstance(request.data, dict) else {})
+        serializer.is_valid(raise_exception=True)
+        username = request.query_params.get("principal") or None
+        for pid in session_principal_ids(principal=request.user, session_id=session_id, username=username):
+            session_pause(principal_id=pid, session_id=session_id, until=serializer.validated_data.get("until"))
+        return Response(_session_body(request, session_id))
+
+
+class SessionResumeView(APIView):
+    @extend_schema(request=None, parameters=[_PRINCIPAL_PARAM], responses=_SESSION_RESPONSE)
+    def post(self, request: Request, session_id: str) -> Response:
+        username = request.query_params.get("principal") or None
+        for pid in session_principal_ids(principal=request.user, session_id=session_id, username=username):
+            session_resume(principal_id=pid, session_id=session_id)
+        return Response(_session_body(request, session_id))

@@ -1,0 +1,92 @@
+"""The operator's task monitor in the admin: counts by status per session, live.
+
+Staff only (``admin.site.admin_view``: login redirect, staff check, CSRF on POST). The page
+polls a JSON endpoint every two seconds; its buttons call the same services as the REST API
+(``jobs.control``), with the operator as the stamped actor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from jobs.control import jobs_cancel, session_pause, session_resume
+from jobs.control_selectors import OPEN_STATUSES, sessions_active, sessions_summarize
+from jobs.models import Job, JobStatus
+
+# Unfinished jobs listed (and linked) per session on the page.
+JOBS_LISTED_PER_SESSION = 10
+
+
+def monitor_snapshot() -> dict[str, Any]:
+    """Everything the page shows: sessions with counts, pause state and their open jobs."""
+    summaries = sessions_summarize(keys=sessions_active())
+    rows: list[dict[str, Any]] = []
+    for summary in summaries:
+        row = summary.as_dict()
+        open_jobs = (
+            Job.objects.filter(principal_id=summary.principal_id, session_id=summary.session_id,
+                               status__in=OPEN_STATUSES)
+            .order_by("-priority", "created_at")
+            .values("id", "job_type", "status", "priority")[:JOBS_LISTED_PER_SESSION]
+        )
+        row["jobs"] = [
+            {**j, "url": reverse("admin:jobs_job_change", args=[j["id"]])} for j in open_jobs
+        ]
+        row["jobs_url"] = (
+            f"{reverse('admin:jobs_job_changelist')}?q={summary.session_id}"
+        )
+        rows.append(row)
+    totals = {s: sum(r["counts"][s] for r in rows) for s in JobStatus.values}
+    return {
+        "statuses": list(JobStatus.values),
+        "sessions": rows,
+        "totals": totals,
+        "pending_approvals": sum(r["pending_approvals"] for r in rows),
+    }
+
+
+@require_GET
+def monitor_page(request: HttpRequest) -> HttpResponse:
+    context = {**admin.site.each_context(request), "title": "Task monitor", "subtitle": None}
+    return TemplateResponse(request, "admin/jobs/monitor.html", context)
+
+
+@require_GET
+def monitor_data(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(monitor_snapshot())
+
+
+@require_POST
+def monitor_action(request: HttpRequest) -> JsonResponse:
+    action = request.POST.get("action", "")
+    session_id = request.POST.get("session_id", "")
+    try:
+        principal_id = int(request.POST.get("principal_id", ""))
+    except ValueError:
+        return JsonResponse({"code": "invalid_request", "detail": "principal_id is required"}, status=400)
+    if not session_id:
+        return JsonResponse({"code": "invalid_request", "detail": "session_id is required"}, status=400)
+    actor = f"operator:{request.user.get_username()}"
+    if action == "cancel":
+        jobs = Job.objects.filter(principal_id=principal_id, session_id=session_id)
+        return JsonResponse(jobs_cancel(jobs=jobs, actor=actor, reason="operator_cancel").as_dict())
+    if action == "pause":
+        session_pause(principal_id=principal_id, session_id=session_id)
+        return JsonResponse({"paused": True})
+    if action == "resume":
+        session_resume(principal_id=principal_id, session_id=session_id)
+        return JsonResponse({"paused": False})
+    return JsonResponse({"code": "invalid_request", "detail": f"unknown action {action!r}"}, status=400)
+
+
+urlpatterns = [
+    path("", admin.site.admin_view(monitor_page), name="jobs-monitor"),
+    path("data", admin.site.admin_view(monitor_data), name="jobs-monitor-data"),
+    path("action", admin.site.admin_view(monitor_action), name="jobs-monitor-action"),
+]
