@@ -153,6 +153,7 @@ class PrivateStack:
 @contextlib.contextmanager
 def private_stack(**env: str) -> Iterator[PrivateStack]:
     """A redis-server of its own, this process publishing to it, and cleanup of every process."""
+    harness.SESSION.pause()  # the suite's shared stack reads the same test database
     stack = PrivateStack(redis=harness.start_redis(), env={**WORKER_ENV, **env})
     try:
         with publishing_to(stack.redis.url):

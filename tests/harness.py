@@ -252,3 +252,39 @@ def purge_queues(broker_url: str | None = None) -> None:
 
     with app.connection_for_write(broker_url) if broker_url else app.connection_for_write() as conn:
         app.control.purge(connection=conn)
+
+
+class SessionStack:
+    """The suite's shared worker + beat on the shared broker.
+
+    Tests that run a private stack (own redis-server, own workers) pause it first: both stacks
+    would otherwise read the same test database, and the shared beat's dispatcher would admit
+    the private test's jobs to the shared broker. ``ensure`` restarts it for the next test.
+    """
+
+    def __init__(self) -> None:
+        self.procs: dict[str, Proc] = {}
+
+    def start(self) -> None:
+        purge_queues()
+        self.procs = {"worker": start_worker(name="suite", concurrency=2), "beat": start_beat()}
+
+    def ensure(self) -> dict[str, Proc]:
+        if not self.procs or not all(p.alive() for p in self.procs.values()):
+            logs = {n: p.log()[-3000:] for n, p in self.procs.items() if not p.alive()}
+            self.stop()
+            if logs:
+                print(f"session stack restarted; dead: {logs}")
+            self.start()
+        return self.procs
+
+    def pause(self) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+        self.procs = {}
+
+
+SESSION = SessionStack()
