@@ -231,6 +231,11 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TRACK_STARTED = False
+# Celery's Django fixup closes every DB connection before and after each task unless this is set
+# (celery/fixups/django.py, DjangoWorkerFixup.close_database): a new PostgreSQL connection per
+# task. Keep them instead, and let jobs.tasks call close_old_connections() around every task, as
+# Django does around a request, so CONN_MAX_AGE and CONN_HEALTH_CHECKS still drop bad ones.
+CELERY_DB_REUSE_MAX = _int("CELERY_DB_REUSE_MAX", 1000, minimum=0)
 CELERY_WORKER_SEND_TASK_EVENTS = _bool("CELERY_WORKER_SEND_TASK_EVENTS", True)
 CELERY_TASK_SEND_SENT_EVENT = _bool("CELERY_TASK_SEND_SENT_EVENT", True)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

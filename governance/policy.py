@@ -219,7 +219,9 @@ def policy_evaluate(
     rules = active_rules()
     version = policy_version(rules)
     groups = getattr(principal, "groups", None)
-    group_ids = set(groups.values_list("id", flat=True)) if principal.pk and groups is not None else set()
+    # Only read the principal's groups when a rule is scoped to a group.
+    needs_groups = principal.pk and groups is not None and any(r.group_id is not None for r in rules)
+    group_ids = set(groups.values_list("id", flat=True)) if needs_groups and groups is not None else set()
     path: list[str] = []
     redact: list[str] = []
     decision: PolicyDecision | None = None

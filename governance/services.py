@@ -50,7 +50,8 @@ def governance_recheck(*, job: Job, scopes: list[str] | None = None) -> Verdict:
         return Verdict(False, f"job type {job.job_type!r} is no longer registered", "policy_violation")
     if job_type.scope != job.scope:
         return Verdict(False, "job scope differs from its type's scope", "policy_violation")
-    principal = get_user_model().objects.filter(pk=job.principal_id).first()
+    # Read with the job at claim time (select_related), so this is the principal as it is now.
+    principal = job.principal
     if principal is None or not principal.is_active:
         return Verdict(False, "principal is inactive or gone", "policy_violation")
     missing = missing_permissions(required=job.permissions, grants=principal_grants(principal=principal))

@@ -77,7 +77,7 @@ def refuse(*, job_id: str, reason: str, worker: str, details: dict[str, Any] | N
 def job_claim(
     *, job_id: str, stage: str, token: str, worker: str, celery_task_id: str = ""
 ) -> tuple[Job, JobRun] | StageOutcome:
-    job = Job.objects.filter(pk=job_id).first()
+    job = Job.objects.select_related("principal").filter(pk=job_id).first()
     if job is None:
         return refuse(job_id=job_id, reason="unknown_job", worker=worker)
     if job.status != JobStatus.QUEUED:
@@ -97,9 +97,8 @@ def job_claim(
         )
         return StageOutcome(job_id, "dead_lettered", "poison")
     now = timezone.now()
-    run_id = job.first_run_id
-    if not run_id or JobRun.objects.filter(pk=run_id).exists():
-        run_id = new_run_id()
+    # The first claim takes the run id answered at submit; every later one gets a fresh one.
+    run_id = job.first_run_id if job.first_run_id and not job.current_run_id else new_run_id()
     with transaction.atomic():
         prior = job_transition(
             job_id=job_id,
@@ -135,7 +134,19 @@ def job_claim(
             started_at=now,
             model_version=settings.JOBS_MODEL_VERSION,
         )
-    job.refresh_from_db()
+    # Mirror the UPDATE locally instead of re-reading the row (one query less per stage).
+    job.status = JobStatus.RUNNING
+    job.current_run_id = run_id
+    job.lease_owner = worker
+    job.lease_expires_at = now + timedelta(seconds=settings.JOBS_LEASE_S)
+    job.heartbeat_at = now
+    job.started_at = job.started_at or now
+    job.attempts += 1
+    job.claims += 1
+    job.dispatch_token = ""
+    job.cancel_requested_at = None
+    job.progress_pct = None
+    job.progress_message = ""
     return job, run
 
 

@@ -12,13 +12,23 @@ import logging
 from typing import Any
 
 from celery import Task
-from django.db import InterfaceError, OperationalError
+from celery.signals import task_postrun, task_prerun
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from config.celery import app
 from jobs.dispatcher import dispatch_ready
 from jobs.runner import refuse, stage_run
 
 logger = logging.getLogger(__name__)
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _recycle_db_connections(**_: Any) -> None:
+    """Around every task, as Django does around every request: drop a connection that is past
+    CONN_MAX_AGE or unusable, keep a healthy one (CELERY_DB_REUSE_MAX stops Celery's fixup from
+    closing them all)."""
+    close_old_connections()
 
 
 class GovernedStageTask(Task):  # type: ignore[type-arg]

@@ -66,10 +66,16 @@ def job_transition(
     for from_status in allowed:
         check_legal(from_status, to)
     now = timezone.now()
-    with transaction.atomic():
-        current = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
-        if current is None or current not in allowed:
-            return None
+    # No savepoint of its own: anything raised in here propagates and rolls back the caller's
+    # transaction with it, so a savepoint would only cost two round trips per transition.
+    with transaction.atomic(savepoint=False):
+        if len(allowed) == 1:
+            # One possible prior status: the guarded UPDATE alone is the compare-and-set.
+            current: str | None = next(iter(allowed))
+        else:
+            current = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
+            if current is None or current not in allowed:
+                return None
         fields: dict[str, Any] = {"status": to, "updated_at": now}
         if to in TERMINAL_STATUSES:
             fields["finished_at"] = now
