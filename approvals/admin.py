@@ -24,6 +24,7 @@ from django.utils.html import format_html
 from approvals.models import ApprovalDecision, ApprovalRequest, ApprovalStatus, DeadLetteredJob
 from approvals.selectors import approval_review, job_stamps
 from approvals.services import ApprovalError, approval_approve, approval_deny
+from config.admin_mixins import ReadOnlyAdminMixin
 from governance.selectors import principal_grants
 from jobs.models import Job, JobStatus
 from jobs.operations import OperationError, is_operator, job_discard, job_replay
@@ -58,7 +59,7 @@ class ApprovalDecisionInline(admin.TabularInline[ApprovalDecision, ApprovalReque
 
 
 @admin.register(ApprovalRequest)
-class ApprovalRequestAdmin(admin.ModelAdmin[ApprovalRequest]):
+class ApprovalRequestAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[ApprovalRequest]):
     list_display = ("id", "job_link", "job_type", "checkpoint", "risk", "approvals", "status", "expires_at")
     list_filter = ("status", "checkpoint", "risk")
     list_select_related = ("job", "job__principal")
@@ -76,14 +77,6 @@ class ApprovalRequestAdmin(admin.ModelAdmin[ApprovalRequest]):
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return is_reviewer(request.user) or super().has_view_permission(request, obj)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     # --- list -----------------------------------------------------------------------------
     @admin.display(description="job")
@@ -197,7 +190,7 @@ class SessionFilter(admin.SimpleListFilter):
 
 
 @admin.register(DeadLetteredJob)
-class DeadLetteredJobAdmin(admin.ModelAdmin[DeadLetteredJob]):
+class DeadLetteredJobAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[DeadLetteredJob]):
     """The dead-letter queue. Replay: from the failed stage with a fresh attempt budget.
     Discard: to ``cancelled`` with reason ``discarded: <why>``."""
 
@@ -220,14 +213,6 @@ class DeadLetteredJobAdmin(admin.ModelAdmin[DeadLetteredJob]):
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return is_operator(request.user) and bool(request.user.is_staff)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="error")
     def short_error(self, obj: Job) -> str:

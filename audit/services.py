@@ -76,32 +76,20 @@ def stamp_append(
             AuditStamp.objects.filter(job_id=job_id).order_by("-seq").values_list("seq", "hash").first()
         )
         seq, prev = (head[0] + 1, head[1]) if head else (1, "")
-        created_at = at or timezone.now()
-        digest = stamp_hash(
-            job_id=job_id,
-            seq=seq,
-            created_at=created_at,
-            actor=actor,
-            event=event,
-            from_status=from_status,
-            to_status=to_status,
-            details=details,
-            prev_hash=prev,
-        )
+        fields: dict[str, Any] = {
+            "job_id": job_id,
+            "seq": seq,
+            "created_at": at or timezone.now(),
+            "actor": actor,
+            "event": event,
+            "from_status": from_status,
+            "to_status": to_status,
+            "details": details,
+            "prev_hash": prev,
+        }
         try:
             with transaction.atomic():
-                return AuditStamp.objects.create(
-                    job_id=job_id,
-                    seq=seq,
-                    created_at=created_at,
-                    actor=actor,
-                    event=event,
-                    from_status=from_status,
-                    to_status=to_status,
-                    details=details,
-                    prev_hash=prev,
-                    hash=digest,
-                )
+                return AuditStamp.objects.create(**fields, hash=stamp_hash(**fields))
         except IntegrityError:
             continue
     raise RuntimeError(f"could not append audit stamp for {job_id}: chain head kept moving")

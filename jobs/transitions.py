@@ -71,11 +71,12 @@ def job_transition(
     with transaction.atomic(savepoint=False):
         if len(allowed) == 1:
             # One possible prior status: the guarded UPDATE alone is the compare-and-set.
-            current: str | None = next(iter(allowed))
+            current: str = next(iter(allowed))
         else:
-            current = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
-            if current is None or current not in allowed:
+            found = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
+            if found is None or found not in allowed:
                 return None
+            current = found
         fields: dict[str, Any] = {"status": to, "updated_at": now}
         if to in TERMINAL_STATUSES:
             fields["finished_at"] = now

@@ -78,7 +78,7 @@ def _retrying_fixture_teardown() -> None:
     from django.db import OperationalError
     from django.test import TransactionTestCase
 
-    original = TransactionTestCase._fixture_teardown
+    original = TransactionTestCase._fixture_teardown  # type: ignore[attr-defined]
 
     def teardown(self: TransactionTestCase) -> None:
         for attempt in range(6):
@@ -90,7 +90,7 @@ def _retrying_fixture_teardown() -> None:
                 time.sleep(0.2 * (attempt + 1))
         return None
 
-    TransactionTestCase._fixture_teardown = teardown  # type: ignore[method-assign]
+    TransactionTestCase._fixture_teardown = teardown  # type: ignore[attr-defined]
 
 
 _retrying_fixture_teardown()

@@ -288,3 +288,28 @@ class SessionStack:
 
 
 SESSION = SessionStack()
+
+
+def race(n: int, action: Callable[[int], Any], *, timeout: float = 60.0) -> list[Any]:
+    """Run ``action(i)`` in ``n`` threads released at the same instant; each thread has its own
+    database connection (closed after). An exception is returned in place of the result."""
+    import threading
+
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results[i] = action(i)
+        except Exception as exc:  # returned for the assertions
+            results[i] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    return results

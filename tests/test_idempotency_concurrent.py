@@ -3,12 +3,10 @@ effect ledger (a commit re-run after its effect was recorded writes nothing agai
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -16,31 +14,10 @@ from audit.models import AuditStamp
 from jobs.models import EffectRecord, ExternalRecord, Job, JobRun, JobStatus
 from jobs.runner import stage_run
 from jobs.services import SubmitError, SubmitSpec, job_submit
+from tests.harness import race
 
 # A far run_after keeps the dispatcher from publishing anything: these tests need no broker.
 LATER = (timezone.now() + timedelta(days=1)).isoformat()
-
-
-def _race(n: int, action: Any) -> list[Any]:
-    """Run ``action(i)`` in ``n`` threads released together; each thread has its own connection."""
-    barrier = threading.Barrier(n)
-    results: list[Any] = [None] * n
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-            results[i] = action(i)
-        except Exception as exc:  # returned for the assertions
-            results[i] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    return results
 
 
 def _post(principal: Any, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -56,7 +33,7 @@ def test_concurrent_duplicate_submits_over_the_api_create_one_job(principal: Any
     body = {"job_type": "demo.noop", "inputs": {"n": 1}, "session_id": "s-idem", "idempotency_key": "k-race",
             "run_after": LATER}
     # when eight clients post it at the same instant
-    results = _race(8, lambda i: _post(principal, body))
+    results = race(8, lambda i: _post(principal, body))
     # then exactly one got 202, the others 200 with the same body, and one job exists
     assert all(isinstance(r, tuple) for r in results), results
     codes = sorted(code for code, _ in results)
@@ -78,7 +55,7 @@ def test_concurrent_submits_with_one_key_and_two_payloads_one_wins_the_rest_conf
                           idempotency_key="k-two", run_after=later)
 
     # when eight submits race, four of each payload
-    results = _race(8, lambda i: job_submit(principal=principal.user, spec=spec(i)))
+    results = race(8, lambda i: job_submit(principal=principal.user, spec=spec(i)))
     # then one job exists; every submit of its payload returned it, every other one got 409
     job = Job.objects.get(idempotency_key="k-two")
     winner = job.inputs["variant"]

@@ -35,10 +35,11 @@ def test_every_celery_setting_is_a_known_celery_key() -> None:
     # given every CELERY_* name in settings
     from celery.app.defaults import NAMESPACES, flatten
 
-    known = {key.upper() for key, _ in flatten(NAMESPACES)}
+    known = {str(item[0]).upper() for item in flatten(NAMESPACES)}
     ours = {name[len("CELERY_"):] for name in dir(settings) if name.startswith("CELERY_")}
     # then each one is a real Celery setting (ours that are not are platform knobs, listed here)
-    platform_knobs = {"VISIBILITY_TIMEOUT_S", "POLLING_INTERVAL_S"}
+    # DB_REUSE_MAX is read by Celery's Django fixup, not its defaults table (checked below).
+    platform_knobs = {"VISIBILITY_TIMEOUT_S", "POLLING_INTERVAL_S", "DB_REUSE_MAX"}
     unknown = {name for name in ours if name not in known} - platform_knobs
     assert not unknown, f"CELERY_ settings Celery does not know (typo?): {sorted(unknown)}"
 
@@ -66,3 +67,8 @@ def test_malformed_environment_fails_fast(name: str, value: str) -> None:
     # then it fails with ImproperlyConfigured naming the variable
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
+
+
+def test_db_reuse_reaches_celerys_django_fixup() -> None:
+    # Celery's fixup reads this exact key (celery/fixups/django.py: conf.get("CELERY_DB_REUSE_MAX")).
+    assert app.conf.get("CELERY_DB_REUSE_MAX") == settings.CELERY_DB_REUSE_MAX > 0

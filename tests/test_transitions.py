@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from audit.models import AuditStamp
 from jobs.models import Job, JobRun, JobStatus
 from jobs.runner import stage_run
 from jobs.services import SubmitSpec, job_submit
 from jobs.transitions import IllegalTransition, job_transition
+from tests.harness import race
 
 
 def _queued_job(principal: Any, job_type: str = "demo.noop") -> Job:
@@ -20,34 +19,12 @@ def _queued_job(principal: Any, job_type: str = "demo.noop") -> Job:
     return result.job
 
 
-def _race(n: int, action: Any) -> list[Any]:
-    """Run ``action`` in ``n`` threads released at the same instant; each has its own connection."""
-    barrier = threading.Barrier(n)
-    results: list[Any] = [None] * n
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-            results[i] = action(i)
-        except Exception as exc:  # surfaced by the assertion below
-            results[i] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    return results
-
-
 @pytest.mark.django_db(transaction=True)
 def test_two_workers_racing_for_one_transition_only_one_wins(principal: Any) -> None:
     # given a queued job
     job = _queued_job(principal)
     # when two "workers" try queued -> running at the same moment, several times over
-    results = _race(
+    results = race(
         2,
         lambda i: job_transition(job_id=job.id, to=JobStatus.RUNNING, allowed_from=[JobStatus.QUEUED],
                                  event="claimed", actor=f"worker:{i}"),
@@ -73,7 +50,7 @@ def test_racing_claims_of_the_same_message_run_the_handler_once(principal: Any) 
     ).job
     Job.objects.filter(pk=job.id).update(dispatch_token="tok", dispatched_at=timezone.now())
     # when two deliveries of its execute message are handled at once
-    results = _race(2, lambda i: stage_run(job_id=job.id, stage="execute", token="tok", worker=f"w{i}"))
+    results = race(2, lambda i: stage_run(job_id=job.id, stage="execute", token="tok", worker=f"w{i}"))
     # then one ran the stage and the other was refused and stamped
     outcomes = sorted(r.outcome for r in results)
     assert outcomes == ["advanced", "refused"], results
