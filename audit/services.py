@@ -63,14 +63,25 @@ def stamp_append(
     to_status: str = "",
     details: dict[str, Any] | None = None,
     at: datetime | None = None,
+    genesis: bool = False,
 ) -> AuditStamp:
     """Append one stamp to ``job_id``'s chain.
+
+    ``genesis=True`` writes seq 1 of a chain whose id was created in the caller's uncommitted
+    transaction (a new job): no other writer can know the id yet, so there is no head to read
+    and no conflict to retry.
 
     Callers that change a job hold its row lock (the guarded UPDATE took it), so the chain head
     cannot move under them. Stamps for unknown ids (refused forged messages) have no row to
     lock; a concurrent append then fails the (job_id, seq) unique constraint and is retried.
     """
     details = json.loads(canonical_json(details or {}))
+    if genesis:
+        fields0: dict[str, Any] = {
+            "job_id": job_id, "seq": 1, "created_at": at or timezone.now(), "actor": actor, "event": event,
+            "from_status": from_status, "to_status": to_status, "details": details, "prev_hash": "",
+        }
+        return AuditStamp.objects.create(**fields0, hash=stamp_hash(**fields0))
     for _ in range(10):
         head = (
             AuditStamp.objects.filter(job_id=job_id).order_by("-seq").values_list("seq", "hash").first()

@@ -111,6 +111,7 @@ def job_created_stamp(
         to_status=job.status,
         details=details,
         at=job.created_at,
+        genesis=True,
     )
 
 
