@@ -287,6 +287,10 @@ def stage_run(*, job_id: Any, stage: Any, token: Any, worker: str, celery_task_i
         return fail_stage(job, run, ctx, error_class=ErrorClass.POLICY_VIOLATION, error=verdict.reason,
                           job_type=job_type, extra=verdict.details)
     assert job_type is not None  # the re-check refuses unregistered types
+    checkpoint = approval_needed_now(job=job, stage=stage, decision=verdict.details.get("policy") or {})
+    if checkpoint:
+        return park_for_approval(job, run, worker=worker, checkpoint=checkpoint,
+                                 decision=verdict.details.get("policy") or {})
 
     # 4. handler
     monitor = RunMonitor(ctx)
@@ -455,3 +459,48 @@ def release_for_scope(job: Job, run: JobRun, *, worker: str, reason: str) -> Sta
         )
         _close_run(run, outcome=RunOutcome.REFUSED, ctx=None, error=reason, error_class="scope_lock")
     return StageOutcome(job.id, "refused", "scope_lock")
+
+
+def approval_needed_now(*, job: Job, stage: str, decision: dict[str, Any]) -> str:
+    """The checkpoint the *current* policy puts before this stage, if it is not approved yet.
+
+    The worker re-evaluates policy before every stage; a rule that turned to
+    ``require_approval`` after the job was admitted parks it for a human instead of letting it
+    run unreviewed. ``before_execute`` guards the execute stage, ``before_commit`` the finalize
+    stage; a checkpoint already approved for this job (at submit or earlier) passes.
+    """
+    from approvals.selectors import approval_granted
+
+    if decision.get("action") != "require_approval":
+        return ""
+    wanted = decision.get("checkpoint") or ""
+    if stage == Stage.EXECUTE and wanted in ("before_execute", "both"):
+        checkpoint = "before_execute"
+    elif stage == Stage.FINALIZE and wanted in ("before_commit", "both"):
+        checkpoint = "before_commit"
+    else:
+        return ""
+    return "" if approval_granted(job_id=job.id, checkpoint=checkpoint) else checkpoint
+
+
+def park_for_approval(job: Job, run: JobRun, *, worker: str, checkpoint: str,
+                      decision: dict[str, Any]) -> StageOutcome:
+    """running → pending_approval before the handler ran: not an attempt, not a claim."""
+    from jobs.services import open_approval_by_id
+
+    with transaction.atomic():
+        prior = job_transition(
+            job_id=job.id, to=JobStatus.PENDING_APPROVAL, allowed_from=[JobStatus.RUNNING],
+            event="approval_required", actor=_worker_actor(worker),
+            details={"run_id": run.run_id, "stage": run.stage, "checkpoint": checkpoint, "worker": worker,
+                     "policy": decision},
+            updates={"lease_expires_at": None, "lease_owner": "", "dispatched_at": None,
+                     "approval_checkpoint": checkpoint, "policy_decision": decision,
+                     "attempts": F("attempts") - 1, "claims": F("claims") - 1},
+            expect={"current_run_id": run.run_id},
+        )
+        _close_run(run, outcome=RunOutcome.REFUSED, ctx=None, error=f"approval required {checkpoint}",
+                   error_class="approval_required")
+        if prior is not None:
+            transaction.on_commit(lambda: open_approval_by_id(job.id))
+    return StageOutcome(job.id, "refused" if prior is None else "pending_approval", checkpoint)

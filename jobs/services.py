@@ -266,11 +266,11 @@ def next_stage_status(*, job: Job, job_type: JobType, next_stage: str) -> tuple[
         from approvals.selectors import approval_granted
 
         if not approval_granted(job_id=job.id, checkpoint="before_commit"):
-            transaction.on_commit(lambda: _open_approval_by_id(job.id))
+            transaction.on_commit(lambda: open_approval_by_id(job.id))
             return JobStatus.PENDING_APPROVAL, {"approval_checkpoint": "before_commit"}
     return JobStatus.QUEUED, {"approval_checkpoint": ""}
 
 
-def _open_approval_by_id(job_id: str) -> None:
+def open_approval_by_id(job_id: str) -> None:
     job = Job.objects.get(pk=job_id)
     _open_approval(job, job.policy_decision)

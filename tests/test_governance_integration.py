@@ -216,3 +216,33 @@ def test_message_for_a_succeeded_job_is_refused(live: Any, submit: Any) -> None:
                .values_list("details__reason", flat=True)) == {"not_claimable:succeeded"}
     assert JobRun.objects.filter(job_id=job.id).count() == runs_before
     assert ExternalRecord.objects.filter(key="k-done").count() == 1
+
+
+def test_policy_turned_to_require_approval_after_submit_parks_the_job_for_a_human(
+    live: Any, submit: Any, make_principal: Any
+) -> None:
+    from approvals.models import ApprovalRequest
+    from approvals.services import approval_approve
+
+    # given an admitted store write, held back, and a rule added afterwards that wants a review
+    job = held_back(submit, "k-late-review")
+    PolicyRule.objects.create(order=1, name="review store writes", job_type="demo.local_store_write",
+                              decision="require_approval", approvers=1, checkpoint="before_execute")
+    # when a worker picks it up
+    release(job)
+    parked = wait_status(job.pk, "pending_approval", timeout=30)
+    # then it was parked before the handler ran: no proposal, no effect, refused run, not an attempt
+    assert parked.approval_checkpoint == "before_execute" and parked.proposal is None
+    assert parked.attempts == 0 and parked.claims == 0
+    assert list(JobRun.objects.filter(job_id=job.pk).values_list("outcome", flat=True)) == ["refused"]
+    assert AuditStamp.objects.filter(job_id=job.pk, event="approval_required").exists()
+    assert not ExternalRecord.objects.filter(key="k-late-review").exists()
+    request = wait_until(lambda: ApprovalRequest.objects.filter(job_id=job.pk, status="pending").first(),
+                         timeout=10, message="approval request")
+    # and once a reviewer approves, it resumes at the same stage and finishes
+    reviewer = make_principal("late-reviewer", grants=("approve:*",))
+    approval_approve(approval=request, actor=reviewer.user, comment="ok")
+    done = wait_status(job.pk, "succeeded", timeout=30)
+    assert ExternalRecord.objects.filter(key="k-late-review").count() == 1
+    assert [r.stage for r in JobRun.objects.filter(job_id=done.pk, outcome="succeeded").order_by("started_at")] == [
+        "execute", "finalize"]
