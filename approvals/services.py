@@ -6,6 +6,7 @@ The API (approvals.api), the admin console (approvals.admin) and the beat task
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -110,6 +111,28 @@ def _lock_pending(approval: ApprovalRequest) -> ApprovalRequest:
     return ApprovalRequest.objects.select_for_update().select_related("job").get(pk=approval.pk)
 
 
+def _decide(
+    *, approval: ApprovalRequest, actor: AbstractBaseUser, now: datetime,
+    apply: Callable[[ApprovalRequest], None],
+) -> ApprovalRequest:
+    """The frame of every decision: lock the request, check the decider, ``apply`` the decision
+    in the same transaction. A request found past its expiry is expired first (in its own
+    transaction, as the beat task would) and the decision refused with ``expired``."""
+    expired_now = False
+    with transaction.atomic():
+        request = _lock_pending(approval)
+        if request.status == ApprovalStatus.PENDING and request.expires_at <= now:
+            expired_now = True
+        else:
+            _check_decider(request, actor, now)
+            apply(request)
+    if expired_now:
+        approvals_expire(now=now, ids=[approval.pk])
+        raise ApprovalError("expired", "this approval request has expired")
+    request.refresh_from_db()
+    return request
+
+
 @dataclass
 class _Modified:
     inputs: dict[str, Any]
@@ -168,50 +191,42 @@ def approval_approve(
     from the old inputs), and the new proposal waits for a new review.
     """
     now = timezone.now()
-    expired_now = False
-    with transaction.atomic():
-        request = _lock_pending(approval)
-        if request.status == ApprovalStatus.PENDING and request.expires_at <= now:
-            expired_now = True
-        else:
-            _check_decider(request, actor, now)
-            job = request.job
-            if job.status != JobStatus.PENDING_APPROVAL:
-                raise ApprovalError("already_decided", f"the job is no longer waiting (it is {job.status})")
-            modified = _recheck_inputs(request, inputs) if inputs is not None else None
-            if modified is not None:
-                required = max(request.required_approvals, int(modified.decision.get("approvers") or 0))
-                if required != request.required_approvals:
-                    request.required_approvals = required
-                    request.save(update_fields=["required_approvals"])
-                Job.objects.filter(pk=job.pk).update(inputs=modified.inputs, policy_decision=modified.decision,
-                                                     updated_at=now)
-            ApprovalDecision.objects.create(
-                request=request, approver_id=actor.pk, approve=True, comment=comment,
-                modified_inputs={"fields": modified.fields} if modified else None, created_at=now,
-            )
-            approvals = request.decisions.filter(approve=True).count()
-            stamp_append(
-                job_id=job.pk, event="approval_granted", actor=actor_label(actor), at=now,
-                details={
-                    "approval_id": request.pk, "checkpoint": request.checkpoint, "comment": comment,
-                    "approvals": approvals, "required_approvals": request.required_approvals,
-                    # Field names only: values may be sensitive and are on the job row anyway.
-                    "modified_fields": modified.fields if modified else [],
-                    "redacted_fields": modified.redacted if modified else [],
-                    **({"policy": modified.decision} if modified else {}),
-                },
-            )
-            if modified is not None and request.checkpoint == "before_commit":
-                request.inputs_modified = True
-                request.save(update_fields=["inputs_modified"])
-            if approvals >= request.required_approvals:
-                _release(request, job=job, actor=actor, now=now)
-    if expired_now:
-        approvals_expire(now=now, ids=[approval.pk])
-        raise ApprovalError("expired", "this approval request has expired")
-    request.refresh_from_db()
-    return request
+
+    def apply(request: ApprovalRequest) -> None:
+        job = request.job
+        if job.status != JobStatus.PENDING_APPROVAL:
+            raise ApprovalError("already_decided", f"the job is no longer waiting (it is {job.status})")
+        modified = _recheck_inputs(request, inputs) if inputs is not None else None
+        if modified is not None:
+            required = max(request.required_approvals, int(modified.decision.get("approvers") or 0))
+            if required != request.required_approvals:
+                request.required_approvals = required
+                request.save(update_fields=["required_approvals"])
+            Job.objects.filter(pk=job.pk).update(inputs=modified.inputs, policy_decision=modified.decision,
+                                                 updated_at=now)
+        ApprovalDecision.objects.create(
+            request=request, approver_id=actor.pk, approve=True, comment=comment,
+            modified_inputs={"fields": modified.fields} if modified else None, created_at=now,
+        )
+        approvals = request.decisions.filter(approve=True).count()
+        stamp_append(
+            job_id=job.pk, event="approval_granted", actor=actor_label(actor), at=now,
+            details={
+                "approval_id": request.pk, "checkpoint": request.checkpoint, "comment": comment,
+                "approvals": approvals, "required_approvals": request.required_approvals,
+                # Field names only: values may be sensitive and are on the job row anyway.
+                "modified_fields": modified.fields if modified else [],
+                "redacted_fields": modified.redacted if modified else [],
+                **({"policy": modified.decision} if modified else {}),
+            },
+        )
+        if modified is not None and request.checkpoint == "before_commit":
+            request.inputs_modified = True
+            request.save(update_fields=["inputs_modified"])
+        if approvals >= request.required_approvals:
+            _release(request, job=job, actor=actor, now=now)
+
+    return _decide(approval=approval, actor=actor, now=now, apply=apply)
 
 
 def _release(request: ApprovalRequest, *, job: Job, actor: AbstractBaseUser, now: datetime) -> None:
@@ -239,32 +254,24 @@ def _release(request: ApprovalRequest, *, job: Job, actor: AbstractBaseUser, now
 def approval_deny(*, approval: ApprovalRequest, actor: AbstractBaseUser, comment: str = "") -> ApprovalRequest:
     """One deny ends the job: request denied, job pending_approval → cancelled (reason ``denied``)."""
     now = timezone.now()
-    expired_now = False
-    with transaction.atomic():
-        request = _lock_pending(approval)
-        if request.status == ApprovalStatus.PENDING and request.expires_at <= now:
-            expired_now = True
-        else:
-            _check_decider(request, actor, now)
-            ApprovalDecision.objects.create(request=request, approver_id=actor.pk, approve=False, comment=comment,
-                                            created_at=now)
-            prior = job_transition(
-                job_id=request.job_id, to=JobStatus.CANCELLED, allowed_from=[JobStatus.PENDING_APPROVAL],
-                event="approval_denied", actor=actor_label(actor),
-                details={"approval_id": request.pk, "checkpoint": request.checkpoint, "comment": comment},
-                updates={"reason": "denied", "error_class": ErrorClass.CANCELLED, "approval_checkpoint": ""},
-            )
-            if prior is None:
-                raise ApprovalError("already_decided", "the job is no longer waiting")
-            request.status = ApprovalStatus.DENIED
-            request.decided_at = now
-            request.save(update_fields=["status", "decided_at"])
-            dispatch_soon()  # a session slot may have been freed
-    if expired_now:
-        approvals_expire(now=now, ids=[approval.pk])
-        raise ApprovalError("expired", "this approval request has expired")
-    request.refresh_from_db()
-    return request
+
+    def apply(request: ApprovalRequest) -> None:
+        ApprovalDecision.objects.create(request=request, approver_id=actor.pk, approve=False, comment=comment,
+                                        created_at=now)
+        prior = job_transition(
+            job_id=request.job_id, to=JobStatus.CANCELLED, allowed_from=[JobStatus.PENDING_APPROVAL],
+            event="approval_denied", actor=actor_label(actor),
+            details={"approval_id": request.pk, "checkpoint": request.checkpoint, "comment": comment},
+            updates={"reason": "denied", "error_class": ErrorClass.CANCELLED, "approval_checkpoint": ""},
+        )
+        if prior is None:
+            raise ApprovalError("already_decided", "the job is no longer waiting")
+        request.status = ApprovalStatus.DENIED
+        request.decided_at = now
+        request.save(update_fields=["status", "decided_at"])
+        dispatch_soon()  # a session slot may have been freed
+
+    return _decide(approval=approval, actor=actor, now=now, apply=apply)
 
 
 def approvals_expire(*, now: datetime, ids: list[int] | None = None, limit: int = 500) -> int:

@@ -33,11 +33,19 @@ from jobs.serializers import (
 from jobs.services import SubmitError, SubmitSpec, job_submit
 
 
-def _get_job_or_404(request: Request, job_id: str) -> Job:
+def get_job_or_404(request: Request, job_id: str) -> Job:
+    """The job if this principal may see it; 404 ``not_found`` otherwise (also for others' jobs)."""
     job = job_get(principal=request.user, job_id=job_id)
     if job is None:
         raise ApiError(code="not_found", detail="No such job.", status_code=404)
     return job
+
+
+def json_object_body(request: Request) -> dict[str, Any]:
+    """The parsed body, which must be a JSON object (a list or scalar is ``invalid_request``)."""
+    if not isinstance(request.data, dict):
+        raise ApiError(code="invalid_request", detail="The body must be a JSON object.")
+    return request.data
 
 
 class JobListCreateView(ListAPIView):
@@ -66,9 +74,7 @@ class JobListCreateView(ListAPIView):
 
     @extend_schema(request=SubmitSerializer, responses={202: SubmitResponseSerializer, 200: SubmitResponseSerializer})
     def post(self, request: Request) -> Response:
-        if not isinstance(request.data, dict):
-            raise ApiError(code="invalid_request", detail="The body must be a JSON object.")
-        serializer = SubmitSerializer(data=request.data)
+        serializer = SubmitSerializer(data=json_object_body(request))
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         spec = SubmitSpec(
@@ -100,7 +106,7 @@ class JobListCreateView(ListAPIView):
 class JobDetailView(APIView):
     @extend_schema(responses=JobSerializer)
     def get(self, request: Request, job_id: str) -> Response:
-        job = _get_job_or_404(request, job_id)
+        job = get_job_or_404(request, job_id)
         data = JobSerializer(job).data
         data["runs"] = JobRunSerializer(job_runs(job_id=job.pk), many=True).data
         return Response(data)
@@ -109,7 +115,7 @@ class JobDetailView(APIView):
 class JobAuditView(APIView):
     @extend_schema(responses=AuditStampSerializer(many=True))
     def get(self, request: Request, job_id: str) -> Response:
-        job = _get_job_or_404(request, job_id)
+        job = get_job_or_404(request, job_id)
         stamps = stamps_for_job(job_id=job.pk)
         return Response({"job_id": job.pk, "stamps": AuditStampSerializer(stamps, many=True).data})
 
@@ -164,7 +170,7 @@ class JobEventsView(APIView):
 
     @extend_schema(responses={(200, "text/event-stream"): str})
     def get(self, request: Request, job_id: str) -> StreamingHttpResponse:
-        job = _get_job_or_404(request, job_id)
+        job = get_job_or_404(request, job_id)
         try:
             after = int(request.headers.get("Last-Event-ID") or request.query_params.get("after") or 0)
         except ValueError:

@@ -14,10 +14,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import ApiError
+from jobs.api import get_job_or_404, json_object_body
 from jobs.control import NotCancellable, job_cancel, jobs_cancel, session_pause, session_resume
 from jobs.control_selectors import session_principal_ids, sessions_summarize
 from jobs.models import JobStatus
-from jobs.selectors import job_get, jobs_visible_to
+from jobs.selectors import jobs_visible_to
 
 CANCEL_FILTER_STATUSES = (
     JobStatus.QUEUED, JobStatus.RETRY_SCHEDULED, JobStatus.PENDING_APPROVAL, JobStatus.RUNNING,
@@ -51,9 +52,7 @@ class BulkCancelSerializer(serializers.Serializer[Any]):
 class JobCancelView(APIView):
     @extend_schema(operation_id="job_cancel", request=None, responses={202: CancelResponseSerializer})
     def post(self, request: Request, job_id: str) -> Response:
-        job = job_get(principal=request.user, job_id=job_id)
-        if job is None:
-            raise ApiError(code="not_found", detail="No such job.", status_code=404)
+        job = get_job_or_404(request, job_id)
         try:
             status, cancelling = job_cancel(job=job, actor=_actor(request))
         except NotCancellable as exc:
@@ -72,9 +71,7 @@ class JobBulkCancelView(APIView):
         })},
     )
     def post(self, request: Request) -> Response:
-        if not isinstance(request.data, dict):
-            raise ApiError(code="invalid_request", detail="The body must be a JSON object.")
-        serializer = BulkCancelSerializer(data=request.data)
+        serializer = BulkCancelSerializer(data=json_object_body(request))
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         jobs = jobs_visible_to(principal=request.user).filter(session_id=data["session_id"])
