@@ -18,16 +18,14 @@ from approvals.serializers import (
     ApproveSerializer,
     DenySerializer,
 )
-from approvals.services import ApprovalError, approval_approve, approval_deny
-from config.errors import ApiError
-from jobs.models import Job
-from jobs.operations import OperationError, is_operator, job_replay
+from approvals.services import approval_approve, approval_deny
+from common.errors import DomainError
 
 
 def _approval_or_404(request: Request, approval_id: int) -> ApprovalRequest:
     approval = approvals_visible_to(principal=request.user).filter(pk=approval_id).first()
     if approval is None:
-        raise ApiError(code="not_found", detail="No such approval request.", status_code=404)
+        raise DomainError("not_found", "No such approval request.")
     return approval
 
 
@@ -36,13 +34,8 @@ def _approval_to_decide(approval_id: int) -> ApprovalRequest:
     ``self_approval``) instead of a bare 404; the service makes every check."""
     approval = ApprovalRequest.objects.select_related("job").filter(pk=approval_id).first()
     if approval is None:
-        raise ApiError(code="not_found", detail="No such approval request.", status_code=404)
+        raise DomainError("not_found", "No such approval request.")
     return approval
-
-
-def _api_error(exc: ApprovalError | OperationError) -> ApiError:
-    extra = getattr(exc, "extra", {})
-    return ApiError(code=exc.code, detail=exc.detail, status_code=exc.status, **extra)
 
 
 class ApprovalListView(ListAPIView):
@@ -51,7 +44,7 @@ class ApprovalListView(ListAPIView):
     def get_queryset(self) -> Any:
         status = self.request.query_params.get("status") or None
         if status and status not in ApprovalStatus.values:
-            raise ApiError(code="invalid_request", detail=f"unknown status {status!r}",
+            raise DomainError("invalid_request", f"unknown status {status!r}",
                            errors={"status": [f"must be one of {', '.join(ApprovalStatus.values)}"]})
         return approvals_visible_to(principal=self.request.user, status=status)
 
@@ -72,12 +65,9 @@ class ApprovalApproveView(APIView):
         approval = _approval_to_decide(approval_id)
         body = ApproveSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        try:
-            approval = approval_approve(approval=approval, actor=request.user,  # type: ignore[arg-type]
-                                        comment=body.validated_data["comment"],
-                                        inputs=body.validated_data.get("inputs"))
-        except ApprovalError as exc:
-            raise _api_error(exc) from exc
+        approval = approval_approve(approval=approval, actor=request.user,  # type: ignore[arg-type]
+                                    comment=body.validated_data["comment"],
+                                    inputs=body.validated_data.get("inputs"))
         return Response(ApprovalDetailSerializer(approval).data)
 
 
@@ -87,27 +77,6 @@ class ApprovalDenyView(APIView):
         approval = _approval_to_decide(approval_id)
         body = DenySerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        try:
-            approval = approval_deny(approval=approval, actor=request.user,  # type: ignore[arg-type]
-                                     comment=body.validated_data["comment"])
-        except ApprovalError as exc:
-            raise _api_error(exc) from exc
+        approval = approval_deny(approval=approval, actor=request.user,  # type: ignore[arg-type]
+                                 comment=body.validated_data["comment"])
         return Response(ApprovalDetailSerializer(approval).data)
-
-
-class JobReplayView(APIView):
-    """Operators only (staff, or the ``jobs:replay`` grant); others get 404 like any unseen job."""
-
-    @extend_schema(request=None, responses={202: dict})
-    def post(self, request: Request, job_id: str) -> Response:
-        job = Job.objects.filter(pk=job_id).first()
-        if job is None or not is_operator(request.user):
-            if job is not None and job.principal_id == request.user.pk:
-                raise ApiError(code="permission_denied", detail="Only operators may replay jobs.",
-                               status_code=403)
-            raise ApiError(code="not_found", detail="No such job.", status_code=404)
-        try:
-            job = job_replay(job=job, actor=request.user)
-        except OperationError as exc:
-            raise _api_error(exc) from exc
-        return Response({"job_id": job.pk, "status": job.status, "stage": job.stage}, status=202)

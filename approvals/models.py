@@ -61,12 +61,3 @@ class ApprovalDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{'approve' if self.approve else 'deny'} by {self.approver_id} on {self.request_id}"
-
-
-class DeadLetteredJob(Job):
-    """The dead-letter queue: the admin's view of jobs in ``dead_lettered`` (a proxy, no table)."""
-
-    class Meta:
-        proxy = True
-        verbose_name = "dead-lettered job"
-        verbose_name_plural = "dead-letter queue"

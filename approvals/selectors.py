@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import fnmatch
-from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 
 from approvals.models import ApprovalRequest, ApprovalStatus
-from audit.models import AuditStamp
+from governance.models import Checkpoint
 from governance.selectors import principal_grants
 from jobs.errors import UnknownJobType
-from jobs.models import Job, JobStatus
 from jobs.registry import registry
 
 
@@ -62,7 +60,7 @@ def approval_review(*, approval: ApprovalRequest) -> dict[str, Any]:
         secret_fields: list[str] = []
         mission = ""
     else:
-        describe = job_type.describe(job.proposal if approval.checkpoint == "before_commit" else None)
+        describe = job_type.describe(job.proposal if approval.checkpoint == Checkpoint.BEFORE_COMMIT else None)
         secret_fields = list(job_type.secret_fields)
         mission = job_type.mission()
     decisions = list(approval.decisions.select_related("approver").order_by("created_at"))
@@ -72,35 +70,10 @@ def approval_review(*, approval: ApprovalRequest) -> dict[str, Any]:
         "impact": describe.get("impact", ""),
         "rollback": describe.get("rollback", ""),
         "mission": mission,
-        "proposal": job.proposal if approval.checkpoint == "before_commit" else None,
+        "proposal": job.proposal if approval.checkpoint == Checkpoint.BEFORE_COMMIT else None,
         "inputs": job.inputs,
         "secret_fields": secret_fields,
         "policy": job.policy_decision,
         "approvals": sum(1 for d in decisions if d.approve),
         "decisions": decisions,
     }
-
-
-def dead_lettered_jobs(
-    *, job_ids: list[str] | None = None, error_class: str | None = None, job_type: str | None = None,
-    session_id: str | None = None, since: datetime | None = None, until: datetime | None = None,
-) -> QuerySet[Job]:
-    """The dead-letter queue, filtered; ``since``/``until`` bound the time it was dead-lettered."""
-    qs = Job.objects.filter(status=JobStatus.DEAD_LETTERED)
-    if job_ids:
-        qs = qs.filter(pk__in=job_ids)
-    if error_class:
-        qs = qs.filter(error_class=error_class)
-    if job_type:
-        qs = qs.filter(job_type=job_type)
-    if session_id:
-        qs = qs.filter(session_id=session_id)
-    if since:
-        qs = qs.filter(finished_at__gte=since)
-    if until:
-        qs = qs.filter(finished_at__lt=until)
-    return qs.order_by("finished_at", "pk")
-
-
-def job_stamps(*, job_id: str) -> QuerySet[AuditStamp]:
-    return AuditStamp.objects.filter(job_id=job_id).order_by("seq")

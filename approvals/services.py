@@ -17,20 +17,28 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from approvals.models import ApprovalDecision, ApprovalRequest, ApprovalStatus
+from audit.events import Event
 from audit.services import stamp_append
-from governance.models import Decision
+from common.errors import DomainError
+from governance.models import Checkpoint, Decision
 from governance.policy import policy_evaluate, redact_inputs
 from governance.secrets import decrypt_secrets
 from governance.selectors import missing_permissions, principal_grants
-from jobs.dispatcher import dispatch_soon
+from jobs.admission.dispatcher import dispatch_soon
 from jobs.models import ErrorClass, Job, JobStatus
 from jobs.registry import registry
-from jobs.services import SubmitError, _first_stage, validate_inputs
+from jobs.services.submit import validate_inputs
 from jobs.transitions import job_transition
 
 
-def approval_open(*, job: Job, checkpoint: str, approvers: int) -> ApprovalRequest | None:
-    """Open the pending request for ``job`` at ``checkpoint`` (idempotent)."""
+def approval_request_open(
+    *, job: Job, checkpoint: str, approvers: int, event: str = Event.APPROVAL_REQUESTED
+) -> ApprovalRequest | None:
+    """Open the pending request for ``job`` at ``checkpoint`` (idempotent).
+
+    Called through :func:`jobs.hooks.approval_open` in the same transaction that moved the job
+    to ``pending_approval``, so the two commit together or not at all.
+    """
     if not Job.objects.filter(pk=job.pk, status=JobStatus.PENDING_APPROVAL).exists():
         return None
     try:
@@ -45,7 +53,7 @@ def approval_open(*, job: Job, checkpoint: str, approvers: int) -> ApprovalReque
             )
             stamp_append(
                 job_id=job.pk,
-                event="approval_requested",
+                event=event,
                 details={
                     "approval_id": request.pk,
                     "checkpoint": checkpoint,
@@ -63,27 +71,6 @@ def approval_open(*, job: Job, checkpoint: str, approvers: int) -> ApprovalReque
 # --- deciding ---------------------------------------------------------------------------------
 
 
-class ApprovalError(Exception):
-    """A decision refused; ``code`` is stable (the API returns it, the admin shows it)."""
-
-    STATUS = {
-        "self_approval": 403,
-        "missing_permission": 403,
-        "policy_blocked": 403,
-        "already_decided": 409,
-        "already_voted": 409,
-        "expired": 409,
-        "invalid_inputs": 400,
-    }
-
-    def __init__(self, code: str, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.status = self.STATUS.get(code, 400)
-        self.extra = extra
-
-
 def actor_label(user: AbstractBaseUser) -> str:
     """How a person appears in stamps (the same form job_submit uses for submitters)."""
     return f"principal:{user.get_username()}"
@@ -92,18 +79,18 @@ def actor_label(user: AbstractBaseUser) -> str:
 def _check_decider(request: ApprovalRequest, actor: AbstractBaseUser, now: datetime) -> None:
     """Checks shared by approve and deny, on a request row locked by the caller."""
     if request.status != ApprovalStatus.PENDING:
-        raise ApprovalError("already_decided", f"this approval is already {request.status}")
+        raise DomainError("already_decided", f"this approval is already {request.status}")
     if request.expires_at <= now:
-        raise ApprovalError("expired", "this approval request has expired")
+        raise DomainError("expired", "this approval request has expired")
     if request.job.principal_id == actor.pk:
-        raise ApprovalError("self_approval", "nobody may decide on a job they submitted")
+        raise DomainError("self_approval", "nobody may decide on a job they submitted")
     missing = missing_permissions(required=[request.approver_permission],
                                   grants=principal_grants(principal=actor))
     if missing:
-        raise ApprovalError("missing_permission", f"deciding needs the grant {request.approver_permission}",
+        raise DomainError("missing_permission", f"deciding needs the grant {request.approver_permission}",
                             missing_permissions=missing)
     if request.decisions.filter(approver_id=actor.pk).exists():
-        raise ApprovalError("already_voted", "you have already decided on this request")
+        raise DomainError("already_voted", "you have already decided on this request")
 
 
 def _lock_pending(approval: ApprovalRequest) -> ApprovalRequest:
@@ -128,7 +115,7 @@ def _decide(
             apply(request)
     if expired_now:
         approvals_expire(now=now, ids=[approval.pk])
-        raise ApprovalError("expired", "this approval request has expired")
+        raise DomainError("expired", "this approval request has expired")
     request.refresh_from_db()
     return request
 
@@ -152,23 +139,23 @@ def _recheck_inputs(request: ApprovalRequest, changes: Any) -> _Modified:
     """
     job = request.job
     if not isinstance(changes, dict) or not changes:
-        raise ApprovalError("invalid_inputs", "inputs must be a non-empty JSON object of changed fields")
+        raise DomainError("invalid_inputs", "inputs must be a non-empty JSON object of changed fields")
     job_type = registry.get(job.job_type)
     secret_touched = sorted(set(changes) & set(job_type.secret_fields))
     if secret_touched:
-        raise ApprovalError("invalid_inputs", "secret fields cannot be changed by a reviewer",
+        raise DomainError("invalid_inputs", "secret fields cannot be changed by a reviewer",
                             errors={f: ["secret field"] for f in secret_touched})
     merged = {**job.inputs, **changes}
     try:
         validate_inputs(job_type=job_type, inputs={**merged, **decrypt_secrets(job.secret_inputs)})
-    except SubmitError as exc:
-        raise ApprovalError("invalid_inputs", exc.detail, **exc.extra) from None
+    except DomainError as exc:
+        raise DomainError("invalid_inputs", exc.detail, **exc.extra) from None  # same code, reviewer's words
     decision = policy_evaluate(
         principal=job.principal, job_type=job_type.name, scope=job_type.scope, risk=str(job_type.risk),
         ack=job_type.ack, has_commit=job_type.has_commit(), inputs=merged,
     )
     if decision.action == Decision.BLOCK:
-        raise ApprovalError("policy_blocked", f"policy blocks the modified inputs: {decision.reason}",
+        raise DomainError("policy_blocked", f"policy blocks the modified inputs: {decision.reason}",
                             policy=decision.as_dict())
     redacted: list[str] = []
     if decision.redact_fields:
@@ -195,7 +182,7 @@ def approval_approve(
     def apply(request: ApprovalRequest) -> None:
         job = request.job
         if job.status != JobStatus.PENDING_APPROVAL:
-            raise ApprovalError("already_decided", f"the job is no longer waiting (it is {job.status})")
+            raise DomainError("already_decided", f"the job is no longer waiting (it is {job.status})")
         modified = _recheck_inputs(request, inputs) if inputs is not None else None
         if modified is not None:
             required = max(request.required_approvals, int(modified.decision.get("approvers") or 0))
@@ -210,7 +197,7 @@ def approval_approve(
         )
         approvals = request.decisions.filter(approve=True).count()
         stamp_append(
-            job_id=job.pk, event="approval_granted", actor=actor_label(actor), at=now,
+            job_id=job.pk, event=Event.APPROVAL_GRANTED, actor=actor_label(actor), at=now,
             details={
                 "approval_id": request.pk, "checkpoint": request.checkpoint, "comment": comment,
                 "approvals": approvals, "required_approvals": request.required_approvals,
@@ -220,7 +207,7 @@ def approval_approve(
                 **({"policy": modified.decision} if modified else {}),
             },
         )
-        if modified is not None and request.checkpoint == "before_commit":
+        if modified is not None and request.checkpoint == Checkpoint.BEFORE_COMMIT:
             request.inputs_modified = True
             request.save(update_fields=["inputs_modified"])
         if approvals >= request.required_approvals:
@@ -234,9 +221,9 @@ def _release(request: ApprovalRequest, *, job: Job, actor: AbstractBaseUser, now
     redraft = request.inputs_modified
     if redraft:
         job_type = registry.get(job.job_type)
-        updates.update(stage=_first_stage(job_type), normalized_inputs=None, proposal=None)
+        updates.update(stage=job_type.first_stage(), normalized_inputs=None, proposal=None)
     prior = job_transition(
-        job_id=job.pk, to=JobStatus.QUEUED, allowed_from=[JobStatus.PENDING_APPROVAL], event="approved",
+        job_id=job.pk, to=JobStatus.QUEUED, allowed_from=[JobStatus.PENDING_APPROVAL], event=Event.APPROVED,
         actor=actor_label(actor), updates=updates,
         details={"approval_id": request.pk, "checkpoint": request.checkpoint,
                  "approvers": list(request.decisions.filter(approve=True).values_list("approver__username",
@@ -244,7 +231,7 @@ def _release(request: ApprovalRequest, *, job: Job, actor: AbstractBaseUser, now
                  "redraft": redraft},
     )
     if prior is None:
-        raise ApprovalError("already_decided", "the job is no longer waiting")
+        raise DomainError("already_decided", "the job is no longer waiting")
     request.status = ApprovalStatus.APPROVED
     request.decided_at = now
     request.save(update_fields=["status", "decided_at"])
@@ -260,12 +247,12 @@ def approval_deny(*, approval: ApprovalRequest, actor: AbstractBaseUser, comment
                                         created_at=now)
         prior = job_transition(
             job_id=request.job_id, to=JobStatus.CANCELLED, allowed_from=[JobStatus.PENDING_APPROVAL],
-            event="approval_denied", actor=actor_label(actor),
+            event=Event.APPROVAL_DENIED, actor=actor_label(actor),
             details={"approval_id": request.pk, "checkpoint": request.checkpoint, "comment": comment},
             updates={"reason": "denied", "error_class": ErrorClass.CANCELLED, "approval_checkpoint": ""},
         )
         if prior is None:
-            raise ApprovalError("already_decided", "the job is no longer waiting")
+            raise DomainError("already_decided", "the job is no longer waiting")
         request.status = ApprovalStatus.DENIED
         request.decided_at = now
         request.save(update_fields=["status", "decided_at"])
@@ -297,7 +284,7 @@ def approvals_expire(*, now: datetime, ids: list[int] | None = None, limit: int 
             if request.expires_at <= now:
                 prior = job_transition(
                     job_id=request.job_id, to=JobStatus.CANCELLED, allowed_from=[JobStatus.PENDING_APPROVAL],
-                    event="approval_expired",
+                    event=Event.APPROVAL_EXPIRED,
                     details={"approval_id": request.pk, "checkpoint": request.checkpoint,
                              "expires_at": request.expires_at.isoformat()},
                     updates={"reason": "expired", "error_class": ErrorClass.CANCELLED, "approval_checkpoint": ""},
@@ -310,3 +297,26 @@ def approvals_expire(*, now: datetime, ids: list[int] | None = None, limit: int 
     if expired:
         dispatch_soon()
     return expired
+
+
+def approvals_repair(*, limit: int = 500) -> int:
+    """Open the missing request of every job waiting in ``pending_approval`` without one.
+
+    A job and its request are written in one transaction, so this finds nothing on a healthy
+    platform; it repairs rows left by older versions (which opened the request after commit)
+    or by hand. Each repair is stamped ``approval_request_repaired``. Returns how many.
+    """
+    orphans = list(
+        Job.objects.filter(status=JobStatus.PENDING_APPROVAL)
+        .exclude(approval_requests__status=ApprovalStatus.PENDING)
+        .order_by("pk")[:limit]
+    )
+    repaired = 0
+    for job in orphans:
+        checkpoint = job.approval_checkpoint or Checkpoint.BEFORE_EXECUTE
+        approvers = int((job.policy_decision or {}).get("approvers") or 1)
+        with transaction.atomic():
+            if approval_request_open(job=job, checkpoint=checkpoint, approvers=approvers,
+                                     event=Event.APPROVAL_REQUEST_REPAIRED) is not None:
+                repaired += 1
+    return repaired

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from audit.models import AuditStamp
-from config.admin_mixins import ReadOnlyAdminMixin
+from common.admin import ReadOnlyAdminMixin
 
 
 @admin.register(AuditStamp)

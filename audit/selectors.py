@@ -6,6 +6,7 @@ from django.db.models import OuterRef, QuerySet, Subquery
 
 from audit.models import AuditStamp
 from audit.services import stamp_hash
+from audit.subjects import subjects
 
 
 def stamps_for_job(*, job_id: str) -> QuerySet[AuditStamp]:
@@ -49,15 +50,14 @@ def audit_verify(*, job_id: str | None = None, chunk_size: int = 2000, keep: int
     Steps: (1) stream stamps ordered by (job id, seq) with ``.iterator()`` — constant memory and
     no long lock on a busy database; (2) per chain, seq must run 1, 2, 3…, each ``prev_hash``
     must equal the previous stamp's hash, and each stored hash must equal ``stamp_hash`` of the
-    stamp's content; (3) per job row, the last stamp that set a status must name the job's
+    stamp's content; (3) per row of every registered subject
+    (``audit.subjects``; the jobs app registers ``Job``), the last stamp that set a status must name the job's
     current status (a deleted or forged tail, or a status changed behind the platform's
     back, shows here). Only the first break of each chain is reported (later links of a broken
     chain follow from it); ``keep`` bounds how many are listed, ``broken_total`` counts all.
 
     Stamps added while this runs extend chains past what was read; they are checked next time.
     """
-    from jobs.models import Job
-
     report = VerifyReport()
     qs = AuditStamp.objects.order_by("job_id", "seq")
     if job_id is not None:
@@ -95,25 +95,26 @@ def audit_verify(*, job_id: str | None = None, chunk_size: int = 2000, keep: int
             broken(link)
         expect_seq, prev_hash = s["seq"] + 1, s["hash"]
 
-    last_status = Subquery(
-        AuditStamp.objects.filter(job_id=OuterRef("pk")).exclude(to_status="")
-        .order_by("-seq").values("to_status")[:1]
-    )
-    last_seq = Subquery(
-        AuditStamp.objects.filter(job_id=OuterRef("pk")).exclude(to_status="")
-        .order_by("-seq").values("seq")[:1]
-    )
-    jobs = Job.objects.order_by()
-    if job_id is not None:
-        jobs = jobs.filter(pk=job_id)
-    for pk, status, stamped, seq in (
-        jobs.annotate(stamped=last_status, stamped_seq=last_seq)
-        .values_list("pk", "status", "stamped", "stamped_seq")
-        .iterator(chunk_size=chunk_size)
-    ):
-        report.jobs_checked += 1
-        if stamped is None:
-            broken(BrokenLink(pk, 0, "no_stamps", status, ""))
-        elif stamped != status:
-            broken(BrokenLink(pk, seq, "tail_status", status, stamped))
+    for subject in subjects():
+        last_status = Subquery(
+            AuditStamp.objects.filter(job_id=OuterRef("pk")).exclude(to_status="")
+            .order_by("-seq").values("to_status")[:1]
+        )
+        last_seq = Subquery(
+            AuditStamp.objects.filter(job_id=OuterRef("pk")).exclude(to_status="")
+            .order_by("-seq").values("seq")[:1]
+        )
+        rows = subject.model._default_manager.order_by()
+        if job_id is not None:
+            rows = rows.filter(pk=job_id)
+        for pk, status, stamped, seq in (
+            rows.annotate(stamped=last_status, stamped_seq=last_seq)
+            .values_list("pk", subject.status_field, "stamped", "stamped_seq")
+            .iterator(chunk_size=chunk_size)
+        ):
+            report.jobs_checked += 1
+            if stamped is None:
+                broken(BrokenLink(pk, 0, "no_stamps", status, ""))
+            elif stamped != status:
+                broken(BrokenLink(pk, seq, "tail_status", status, stamped))
     return report

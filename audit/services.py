@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max, QuerySet
 from django.utils import timezone
 
+from audit.events import Event
 from audit.models import AuditStamp
 
 SYSTEM_ACTOR = "system"
@@ -172,117 +171,55 @@ def _copy_stamps(connection: Any, rows: list[AuditStamp]) -> None:
 RETENTION_CHAIN = "retention"
 
 
-@dataclass
-class PurgeReport:
-    before: datetime
-    dry_run: bool
-    jobs: int = 0
-    chains: int = 0
-    stamps: int = 0
-    batches: int = 0
-    stopped: bool = False
-    retention_stamps: list[int] = field(default_factory=list)
-
-
-def _purge_querysets(*, before: datetime) -> tuple[QuerySet[Any], QuerySet[Any]]:
-    """(job ids, job-less chain ids) past retention: terminal jobs finished before ``before``,
-    and chains with no job row (refused messages for unknown ids) last stamped before it."""
-    from jobs.models import TERMINAL_STATUSES, Job
-
-    jobs = Job.objects.filter(status__in=list(TERMINAL_STATUSES), finished_at__lt=before).order_by("pk")
-    orphans = (
+def orphan_chains(*, before: datetime, subject_ids: QuerySet[Any]) -> QuerySet[Any]:
+    """Chain ids with no subject row (e.g. refusals of messages for unknown job ids) whose last
+    stamp is older than ``before``: past retention, nothing else will ever delete them."""
+    return (
         AuditStamp.objects.exclude(job_id=RETENTION_CHAIN)
-        .exclude(job_id__in=Job.objects.values("pk"))
+        .exclude(job_id__in=subject_ids)
         .values("job_id").annotate(last=Max("created_at")).filter(last__lt=before)
-        .order_by("job_id")
+        .order_by("job_id").values_list("job_id", flat=True)
     )
-    return jobs.values_list("pk", flat=True), orphans.values_list("job_id", flat=True)
 
 
-def stamps_purge(
-    *,
-    before: datetime,
-    dry_run: bool,
-    batch_size: int = 500,
-    should_stop: Callable[[], bool] | None = None,
-) -> PurgeReport:
-    """Retention: delete terminal jobs finished before ``before``, with their runs and stamps.
+def chains_purge(*, chain_ids: list[str], before: datetime, subjects_deleted: int) -> tuple[int, AuditStamp]:
+    """Delete whole chains: the only sanctioned way stamps leave the table.
 
-    The only sanctioned way to delete stamps. Steps, per batch of ``batch_size`` chains, each
-    in one transaction: (1) pick the chains (terminal jobs past retention, and job-less refusal
-    chains past retention); (2) record each chain's head (last seq and hash); (3) set the
-    transaction-local flag ``audit.retention`` that the PostgreSQL trigger honours (it still
-    refuses every UPDATE); (4) delete the stamps, then the job rows (runs and approval requests
-    cascade; the effect ledger keeps its rows with the job reference cleared); (5) append a
-    stamp to the ``retention`` chain listing the purged chains and their heads, so the purge
-    itself is on the record and verifiable. ``dry_run`` only counts. ``should_stop`` is polled
-    between batches (SIGTERM from cron stops cleanly after the current batch).
+    Runs in the caller's transaction, which deletes the subjects' own rows beside it. Steps:
+    (1) record each chain's head (last seq and hash); (2) set the transaction-local flag
+    ``audit.retention`` that the PostgreSQL trigger honours for DELETE (it still refuses every
+    UPDATE); (3) delete the stamps; (4) append a stamp to the ``retention`` chain listing the
+    purged chains and their heads, so the purge itself is on the record and verifiable.
+    Returns (stamps deleted, the retention stamp).
     """
-    from jobs.models import TERMINAL_STATUSES, Job
+    heads = {
+        job_id: (seq, digest)
+        for job_id, seq, digest in AuditStamp.objects.filter(job_id__in=chain_ids)
+        .order_by("job_id", "seq").values_list("job_id", "seq", "hash")
+    }
+    connection = transaction.get_connection()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL audit.retention = 'on'")
+    stamp_count, _ = AuditStamp.objects.filter(job_id__in=chain_ids).delete()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL audit.retention = 'off'")
+    stamp = stamp_append(
+        job_id=RETENTION_CHAIN,
+        event=Event.RETENTION_PURGE,
+        actor="system:retention",
+        details={
+            "before": before.isoformat(),
+            "jobs": subjects_deleted,
+            "stamps": stamp_count,
+            "chains": [
+                {"job_id": job_id, "last_seq": heads[job_id][0], "last_hash": heads[job_id][1]}
+                if job_id in heads else {"job_id": job_id, "last_seq": 0, "last_hash": ""}
+                for job_id in chain_ids
+            ],
+        },
+    )
+    return stamp_count, stamp
 
-    job_ids, orphan_ids = _purge_querysets(before=before)
-    if dry_run:
-        report = PurgeReport(before=before, dry_run=True, jobs=job_ids.count())
-        report.chains = report.jobs + orphan_ids.count()
-        report.stamps = (
-            AuditStamp.objects.filter(job_id__in=job_ids).count()
-            + AuditStamp.objects.filter(job_id__in=list(orphan_ids)).count()
-        )
-        return report
-    report = PurgeReport(before=before, dry_run=False)
-    previous: list[str] = []
-    while True:
-        if should_stop is not None and should_stop():
-            report.stopped = True
-            break
-        with transaction.atomic():
-            # Each batch deletes what it picked, so the next query starts from the top again.
-            picked = sorted(set(job_ids[:batch_size]) | set(orphan_ids[:batch_size]))[:batch_size]
-            if not picked or picked == previous:
-                break
-            previous = picked
-            # Lock the job rows and re-check them: a dead-lettered job replayed meanwhile is
-            # no longer terminal and stays (its replay waits on the lock, then finds the row).
-            locked = set(
-                Job.objects.select_for_update()
-                .filter(pk__in=picked, status__in=list(TERMINAL_STATUSES), finished_at__lt=before)
-                .values_list("pk", flat=True)
-            )
-            with_rows = set(Job.objects.filter(pk__in=picked).values_list("pk", flat=True))
-            ids = [i for i in picked if i in locked or i not in with_rows]
-            heads = {
-                job_id: (seq, digest)
-                for job_id, seq, digest in AuditStamp.objects.filter(job_id__in=ids)
-                .order_by("job_id", "seq").values_list("job_id", "seq", "hash")
-            }
-            stamp_count = AuditStamp.objects.filter(job_id__in=ids).count()
-            report.batches += 1
-            report.chains += len(ids)
-            report.stamps += stamp_count
-            report.jobs += len(locked)
-            connection = transaction.get_connection()
-            if connection.vendor == "postgresql":
-                with connection.cursor() as cursor:
-                    cursor.execute("SET LOCAL audit.retention = 'on'")
-            AuditStamp.objects.filter(job_id__in=ids).delete()
-            Job.objects.filter(pk__in=locked).delete()
-            if connection.vendor == "postgresql":
-                with connection.cursor() as cursor:
-                    cursor.execute("SET LOCAL audit.retention = 'off'")
-            stamp = stamp_append(
-                job_id=RETENTION_CHAIN,
-                event="retention_purge",
-                actor="system:retention",
-                details={
-                    "before": before.isoformat(),
-                    "jobs": len(locked),
-                    "stamps": stamp_count,
-                    "chains": [
-                        {"job_id": job_id, "last_seq": heads[job_id][0], "last_hash": heads[job_id][1]}
-                        if job_id in heads else {"job_id": job_id, "last_seq": 0, "last_hash": ""}
-                        for job_id in ids
-                    ],
-                },
-            )
-            report.retention_stamps.append(stamp.seq)
-    return report
+

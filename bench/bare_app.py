@@ -23,7 +23,7 @@ from celery import Celery
 BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/3")
 QUEUE = "bench_bare"
 # demo.noop's max_runtime_s and the platform's grace: the platform sends these limits with
-# every stage message (jobs.dispatcher.publish), so the bare messages carry them too.
+# every stage message (jobs.admission.dispatcher.publish), so the bare messages carry them too.
 SOFT_TIME_LIMIT_S = 30
 TIME_LIMIT_S = SOFT_TIME_LIMIT_S + int(os.environ.get("JOBS_TIME_LIMIT_GRACE_S", "10"))
 

@@ -9,7 +9,7 @@ scenario starts what it needs through the context::
         with ctx.bare_worker():
             ...                      # publish bench.bare_app tasks, measure
         with ctx.governed_worker(), ctx.beat():
-            ...                      # submit jobs through jobs.services, measure
+            ...                      # submit jobs through jobs.services.submit, measure
         return [Row("throughput (jobs/s)", governed=..., bare=..., target="ratio >= 0.5", met=...)]
 
 Every process the harness starts is a real OS process in its own session, stopped by its PID

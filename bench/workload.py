@@ -1,6 +1,6 @@
 """Load helpers shared by scenarios: submitting demo jobs, warming up, waiting for outcomes.
 
-Governed submits go through ``jobs.services.job_submit`` — the service the REST view calls,
+Governed submits go through ``jobs.services.submit.job_submit`` — the service the REST view calls,
 minus HTTP parsing and authentication — or, with ``-o submit=rest``, through the REST endpoint
 itself via Django's in-process test ``Client`` (DRF parsing, token auth, serializers; no socket).
 """
@@ -44,7 +44,7 @@ class Submitter:
                 raise RuntimeError(f"submit answered {response.status_code}: {response.content[:300]!r}")
             return str(response.json()["job_id"])
         from jobs.models import JobStatus
-        from jobs.services import SubmitSpec, job_submit
+        from jobs.services.submit import SubmitSpec, job_submit
 
         result = job_submit(principal=self.principal,
                             spec=SubmitSpec(job_type=self.job_type, inputs=inputs, session_id=session_id))

@@ -6,6 +6,7 @@ import os
 
 from celery import Celery, signals
 from click import Option
+from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -31,8 +32,6 @@ def _apply_scopes_option(options: dict[str, object], **_: object) -> None:
         return
     scopes = [s.strip() for s in str(value).split(",") if s.strip()]
     os.environ["JOBS_WORKER_SCOPES"] = ",".join(scopes)
-    from django.conf import settings
-
     if settings.configured:
         # Settings may already be loaded (the app reads CELERY_* from them); set both.
         settings.JOBS_WORKER_SCOPES = scopes

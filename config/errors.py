@@ -8,9 +8,12 @@ from typing import Any
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.defaults import page_not_found, server_error
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
+
+from common.errors import DomainError
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +31,6 @@ _CODES: dict[type[Exception], str] = {
 }
 
 
-class ApiError(exceptions.APIException):
-    """A domain error with a stable code, raised by views after a service refused something."""
-
-    def __init__(self, *, code: str, detail: str, status_code: int = 400, **extra: Any) -> None:
-        super().__init__(detail=detail, code=code)
-        self.status_code = status_code
-        self.code = code
-        self.extra = extra
-
-
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, RequestDataTooBig):
         return Response(
@@ -51,10 +44,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "5"},
         )
-    if isinstance(exc, ApiError):
-        body: dict[str, Any] = {"code": exc.code, "detail": str(exc.detail)}
-        body.update(exc.extra)
-        return Response(body, status=exc.status_code)
+    if isinstance(exc, DomainError):
+        # The one place a domain refusal becomes an HTTP answer.
+        return Response(exc.as_dict(), status=exc.status)
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -71,14 +63,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
 def api_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if request.path.startswith("/api/"):
         return JsonResponse({"code": "not_found", "detail": "Not found."}, status=404)
-    from django.views.defaults import page_not_found
-
     return page_not_found(request, exception or Exception("not found"))
 
 
 def api_server_error(request: HttpRequest) -> HttpResponse:
     if request.path.startswith("/api/"):
         return JsonResponse({"code": "server_error", "detail": "Internal error."}, status=500)
-    from django.views.defaults import server_error
-
     return server_error(request)

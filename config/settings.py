@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "governance",
     "jobs",
     "approvals",
+    "examples",
 ]
 
 MIDDLEWARE = [
@@ -249,6 +250,7 @@ CELERY_TASK_ROUTES = {
     "jobs.dispatch_tick": {"queue": "control"},
     "jobs.reap_leases": {"queue": "control"},
     "approvals.expire": {"queue": "control"},
+    "approvals.repair": {"queue": "control"},
     "jobs.enforce_cancels": {"queue": "control"},
 }
 # Publishing happens after commit, sometimes inside an HTTP request: give up fast when the
@@ -270,6 +272,7 @@ CELERY_BEAT_SCHEDULE = {
     "jobs-dispatch-tick": {"task": "jobs.dispatch_tick", "schedule": JOBS_DISPATCH_TICK_S},
     "jobs-reap-leases": {"task": "jobs.reap_leases", "schedule": JOBS_REAPER_TICK_S},
     "approvals-expire": {"task": "approvals.expire", "schedule": APPROVALS_EXPIRE_TICK_S},
+    "approvals-repair": {"task": "approvals.repair", "schedule": APPROVALS_EXPIRE_TICK_S * 6},
     "jobs-enforce-cancels": {"task": "jobs.enforce_cancels", "schedule": JOBS_CANCEL_ENFORCE_TICK_S},
 }
 
@@ -293,7 +296,7 @@ if JOBS_CANCEL_SIGNAL not in {"SIGKILL", "SIGTERM"}:
     raise ImproperlyConfigured(f"JOBS_CANCEL_SIGNAL must be SIGKILL or SIGTERM, got {JOBS_CANCEL_SIGNAL!r}")
 # Fair share: in-flight cap of one agent session unless its principal or the session sets one.
 JOBS_SESSION_MAX_CONCURRENCY = _int("JOBS_SESSION_MAX_CONCURRENCY", 3, minimum=1)
-JOBS_TYPE_MODULES = _list("JOBS_TYPE_MODULES", "jobs.examples")
+JOBS_TYPE_MODULES = _list("JOBS_TYPE_MODULES", "examples.job_types")
 # Scopes this process's workers execute; "*" means all.
 JOBS_WORKER_SCOPES = _list("JOBS_WORKER_SCOPES", "*")
 # Scopes with queues of their own (``execute.crm``…), consumed by workers locked to them.

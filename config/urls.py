@@ -5,9 +5,9 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from config.errors import api_not_found, api_server_error
 
 urlpatterns = [
-    path("admin/monitor/", include("jobs.monitor")),
+    path("admin/monitor/", include("jobs.admin.monitor")),
     path("admin/", admin.site.urls),
-    path("api/v1/", include("jobs.urls")),
+    path("api/v1/", include("jobs.api.urls")),
     path("api/v1/", include("approvals.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

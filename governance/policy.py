@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import hashlib
 import re
@@ -276,15 +277,13 @@ def policy_evaluate(
 
 def _merge_checkpoints(a: str, b: str) -> str:
     points = {p for p in (a, b) if p}
-    if "both" in points or points == {"before_execute", "before_commit"}:
-        return "both"
+    if Checkpoint.BOTH in points or points == {Checkpoint.BEFORE_EXECUTE, Checkpoint.BEFORE_COMMIT}:
+        return Checkpoint.BOTH
     return points.pop() if points else ""
 
 
 def redact_inputs(inputs: dict[str, Any], fields: list[str]) -> tuple[dict[str, Any], list[str]]:
     """Return a copy of ``inputs`` with the named (dotted) fields replaced, and which were present."""
-    import copy
-
     result = copy.deepcopy(inputs)
     hit: list[str] = []
     for path in fields:

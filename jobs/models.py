@@ -214,25 +214,6 @@ class EffectRecord(models.Model):
         return f"{self.job_type}:{self.effect_key}"
 
 
-class ExternalRecord(models.Model):
-    """A small local "external system" the example job types write to.
-
-    It stands in for a CRM or CMS: the example with a commit stage writes here only in
-    ``commit``, so tests can count effects exactly.
-    """
-
-    key = models.CharField(max_length=200)
-    data = models.JSONField(default=dict)
-    written_by_job = models.CharField(max_length=64, blank=True, default="")
-    created_at = models.DateTimeField(default=timezone.now)
-
-    class Meta:
-        indexes = [models.Index(fields=("key",), name="external_key_idx")]
-
-    def __str__(self) -> str:
-        return f"{self.key} ({self.pk})"
-
-
 # --- Control: fair share, pause, rate limits ---------------------------------------------------
 
 
@@ -290,3 +271,12 @@ class JobTypeControl(models.Model):
 
     def __str__(self) -> str:
         return f"control for {self.job_type}"
+
+
+class DeadLetteredJob(Job):
+    """The dead-letter queue: the admin's view of jobs in ``dead_lettered`` (a proxy, no table)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "dead-lettered job"
+        verbose_name_plural = "dead-letter queue"

@@ -1,7 +1,7 @@
 """Job types: declared once in Python, registered by name.
 
 A job type is a class. The platform instantiates it once per process and calls its stage
-handlers with a :class:`jobs.context.JobContext`::
+handlers with a :class:`jobs.worker.context.JobContext`::
 
     @register
     class UpdateContact(JobType):
@@ -33,7 +33,7 @@ from django.conf import settings
 from jobs.errors import UnknownJobType
 
 if TYPE_CHECKING:
-    from jobs.context import JobContext
+    from jobs.worker.context import JobContext
 
 
 class Risk(StrEnum):
@@ -135,6 +135,10 @@ class JobType:
         if cls.has_commit():
             stages.append("finalize")
         return stages
+
+    @classmethod
+    def first_stage(cls) -> str:
+        return cls.stages()[0]
 
     @classmethod
     def next_stage(cls, stage: str) -> str | None:

@@ -2,7 +2,7 @@
 
 ``GovernedStageTask`` is the one base class every stage task uses: it holds the reliability
 defaults (explicit names, acks_late, reject_on_worker_lost, no Celery-level retries of domain
-errors) and routes every message through :func:`jobs.runner.stage_run`, which claims the job and
+errors) and routes every message through :func:`jobs.worker.runner.stage_run`, which claims the job and
 re-checks governance before any handler runs — a new task cannot skip it.
 """
 
@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Task
+from celery import Task, shared_task
 from celery.signals import task_postrun, task_prerun
 from django.db import InterfaceError, OperationalError, close_old_connections
 
-from config.celery import app
-from jobs.dispatcher import dispatch_ready
-from jobs.runner import refuse, stage_run
+from jobs.admission.dispatcher import dispatch_ready
+from jobs.services.control import cancels_enforce
+from jobs.worker.outcomes import refuse
+from jobs.worker.reaper import reap_expired_leases
+from jobs.worker.runner import stage_run
 
 logger = logging.getLogger(__name__)
 
@@ -70,37 +72,33 @@ class GovernedStageTask(Task):  # type: ignore[type-arg]
         return outcome.as_dict()
 
 
-@app.task(bind=True, base=GovernedStageTask, name="jobs.intake", stage="intake")
+@shared_task(bind=True, base=GovernedStageTask, name="jobs.intake", stage="intake")
 def intake(self: GovernedStageTask, *args: Any, **kwargs: Any) -> dict[str, str]:
     return GovernedStageTask.run(self, *args, **kwargs)
 
 
-@app.task(bind=True, base=GovernedStageTask, name="jobs.execute", stage="execute")
+@shared_task(bind=True, base=GovernedStageTask, name="jobs.execute", stage="execute")
 def execute(self: GovernedStageTask, *args: Any, **kwargs: Any) -> dict[str, str]:
     return GovernedStageTask.run(self, *args, **kwargs)
 
 
-@app.task(bind=True, base=GovernedStageTask, name="jobs.finalize", stage="finalize")
+@shared_task(bind=True, base=GovernedStageTask, name="jobs.finalize", stage="finalize")
 def finalize(self: GovernedStageTask, *args: Any, **kwargs: Any) -> dict[str, str]:
     return GovernedStageTask.run(self, *args, **kwargs)
 
 
-@app.task(name="jobs.dispatch_tick", ignore_result=True, acks_late=False)
+@shared_task(name="jobs.dispatch_tick", ignore_result=True, acks_late=False)
 def dispatch_tick() -> int:
     """Beat backstop: promote due retries and publish whatever is ready."""
     return dispatch_ready(promote=True)
 
 
-@app.task(name="jobs.reap_leases", ignore_result=True, acks_late=False)
+@shared_task(name="jobs.reap_leases", ignore_result=True, acks_late=False)
 def reap_leases() -> dict[str, int]:
-    from jobs.recovery import reap_expired_leases
-
     return reap_expired_leases()
 
 
-@app.task(name="jobs.enforce_cancels", ignore_result=True, acks_late=False)
+@shared_task(name="jobs.enforce_cancels", ignore_result=True, acks_late=False)
 def enforce_cancels() -> int:
     """Beat: terminate running jobs that ignored a cancel for longer than JOBS_CANCEL_GRACE_S."""
-    from jobs.control import cancels_enforce
-
     return cancels_enforce()

@@ -13,11 +13,14 @@ import time
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from django.dispatch import receiver
 
-from jobs.context import JobContext
+from examples.job_types import ReviewedStoreWrite
+from jobs.hooks import approval_opening
 from jobs.registry import JobType, RetryPolicy, register
+from jobs.worker.context import JobContext
 
-WORKER_ENV = {"JOBS_TYPE_MODULES": "jobs.examples,tests.fault_types"}
+WORKER_ENV = {"JOBS_TYPE_MODULES": "examples.job_types,tests.fault_types"}
 
 
 @register
@@ -65,3 +68,20 @@ class KillsOwnWorker(JobType):
         os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(5)  # never reached
         return {}
+
+
+@register
+class DiesBeforeApprovalOpens(ReviewedStoreWrite):
+    """A reviewed write whose first run kills its worker process at the moment the job moves to
+    ``pending_approval``, before its request opens (see :func:`_die_before_approval_opens`)."""
+
+    name = "test.dies_before_approval_opens"
+
+
+@receiver(approval_opening)
+def _die_before_approval_opens(sender: Any, job: Any, checkpoint: str, **_: Any) -> None:
+    """Fault hook: ``jobs.hooks.approval_opening`` is sent inside the transaction that moves a
+    job to ``pending_approval``, just before its request opens. Dying here is the worst moment
+    for a worker: the test then checks that no job waits without an open request."""
+    if job.job_type == DiesBeforeApprovalOpens.name and job.attempts <= 1:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -10,8 +10,9 @@ from django.test import Client
 
 from approvals.models import ApprovalRequest
 from audit.models import AuditStamp
+from examples.models import ExternalRecord
 from governance.models import PolicyRule
-from jobs.models import ExternalRecord, Job, JobRun
+from jobs.models import Job, JobRun
 from tests.conftest import wait_status
 from tests.harness import wait_until
 
@@ -132,12 +133,12 @@ def test_admin_dead_letter_replay_discard_and_rollback(live: Any, submit: Any, r
     ops_user = make_principal("ops", ()).user
     ops_user.user_permissions.add(Permission.objects.get(codename="view_job"))  # to reach the jobs list
     # when the operator filters the queue and opens one job
-    listing = operator.get("/admin/approvals/deadletteredjob/?error_class__exact=permanent&session=s-dlq")
+    listing = operator.get("/admin/jobs/deadletteredjob/?error_class__exact=permanent&session=s-dlq")
     assert a.encode() in listing.content and b.encode() in listing.content
-    detail = operator.get(f"/admin/approvals/deadletteredjob/{a}/change/")
+    detail = operator.get(f"/admin/jobs/deadletteredjob/{a}/change/")
     assert b"asked to fail permanently" in detail.content and b"dead_lettered" in detail.content
     # and replays it (confirmation, then the service)
-    url = f"/admin/approvals/deadletteredjob/{a}/replay/"
+    url = f"/admin/jobs/deadletteredjob/{a}/replay/"
     assert b"btn-confirm" in operator.post(url).content
     operator.post(url, {"confirmed": "yes"})
     # then it runs again from its failed stage and the trail says who replayed it
@@ -145,7 +146,7 @@ def test_admin_dead_letter_replay_discard_and_rollback(live: Any, submit: Any, r
     stamp = AuditStamp.objects.get(job_id=a, event="replayed")
     assert stamp.actor == "principal:ops" and stamp.details["stage"] == "execute"
     # when the other is discarded in bulk with a reason
-    changelist = "/admin/approvals/deadletteredjob/"
+    changelist = "/admin/jobs/deadletteredjob/"
     ask = operator.post(changelist, {"action": "discard_selected", "_selected_action": [b], "index": "0"})
     assert b"id_reason" in ask.content
     operator.post(changelist, {"action": "discard_selected", "_selected_action": [b], "confirmed": "yes",

@@ -12,9 +12,10 @@ from rest_framework.test import APIClient
 
 from approvals.models import ApprovalRequest
 from audit.models import AuditStamp
+from examples.models import ExternalRecord
 from governance.models import PolicyRule
-from jobs.models import ExternalRecord, Job, JobRun
-from jobs.operations import job_rollback
+from jobs.models import Job, JobRun
+from jobs.services.operations import job_rollback
 from tests.conftest import wait_status
 from tests.harness import wait_until
 

@@ -13,8 +13,9 @@ from django.utils import timezone
 
 from audit.models import AuditStamp
 from audit.selectors import audit_verify
-from audit.services import RETENTION_CHAIN, stamp_append, stamps_append_bulk, stamps_purge
+from audit.services import RETENTION_CHAIN, stamp_append, stamps_append_bulk
 from jobs.models import Job, JobRun
+from jobs.services.retention import jobs_purge
 from jobs.transitions import job_created_stamp, job_transition
 
 
@@ -137,7 +138,7 @@ def test_retention_purges_old_terminal_jobs_and_leaves_its_own_stamp(user: Any, 
     assert "would delete: 3 job(s), 4 chain(s), 10 stamp(s)" in out
     assert Job.objects.count() == 5
     # when the purge runs for real, in batches of two
-    report = stamps_purge(before=timezone.now() - timedelta(days=30), dry_run=False, batch_size=2)
+    report = jobs_purge(before=timezone.now() - timedelta(days=30), dry_run=False, batch_size=2)
     # then the old jobs, their runs and stamps and the old refusal chain are gone; the rest stays
     assert (report.jobs, report.chains, report.stamps, report.batches) == (3, 4, 10, 2)
     assert set(Job.objects.values_list("pk", flat=True)) == {recent.id, waiting.id}

@@ -17,9 +17,13 @@ import pytest
 from django.db.models import Count, Q
 from django.test import override_settings
 
+from approvals.models import ApprovalRequest, ApprovalStatus
+from audit.events import Event
 from audit.models import AuditStamp
-from jobs.models import TERMINAL_STATUSES, EffectRecord, ExternalRecord, Job, JobRun, JobStatus, RunOutcome
-from jobs.services import SubmitSpec, job_submit
+from audit.selectors import audit_verify
+from examples.models import ExternalRecord
+from jobs.models import TERMINAL_STATUSES, EffectRecord, Job, JobRun, JobStatus, RunOutcome
+from jobs.services.submit import SubmitSpec, job_submit
 from tests import harness
 from tests.faults import private_stack
 
@@ -130,7 +134,7 @@ def test_same_message_published_twice_on_a_private_broker_runs_once(transactiona
 
     from django.utils import timezone
 
-    from jobs.dispatcher import Admitted, publish
+    from jobs.admission.dispatcher import Admitted, publish
 
     with private_stack() as stack:
         stack.worker("dup", concurrency=2)
@@ -151,3 +155,28 @@ def test_same_message_published_twice_on_a_private_broker_runs_once(transactiona
     assert Job.objects.get(pk=job.id).status == JobStatus.SUCCEEDED
     assert JobRun.objects.filter(job_id=job.id, stage="execute").count() == 1
     assert ExternalRecord.objects.filter(key="chaos-d").count() == 1
+
+
+def test_worker_killed_as_job_parks_leaves_no_request_missing(transactional_db: None, submit: Any) -> None:
+    """A worker dies at the moment a finished stage parks its job for approval (the fault hook in
+    ``tests.fault_types`` SIGKILLs the pool process inside that transaction). The move and the
+    request share the transaction, so nothing half-done survives: the job runs again and then
+    waits with exactly one open request."""
+    with private_stack() as stack:
+        stack.worker("victim")
+        stack.beat()
+        # given a reviewed write whose first run dies as it parks before commit
+        job_id = submit("test.dies_before_approval_opens", {"key": "orphan-1", "data": {}},
+                        session_id="chaos-orphan").json()["job_id"]
+        # when the reaper retries the lost run and the second run parks the job
+        harness.wait_until(
+            lambda: Job.objects.filter(pk=job_id, status=JobStatus.PENDING_APPROVAL).exists(),
+            timeout=90, interval=0.5, message="the job to wait for approval")
+    # then the first run was lost with its worker, and the waiting job has exactly one open request
+    assert JobRun.objects.filter(job_id=job_id, stage="execute", outcome=RunOutcome.LOST).exists()
+    assert ApprovalRequest.objects.filter(job_id=job_id, status=ApprovalStatus.PENDING).count() == 1
+    assert AuditStamp.objects.filter(job_id=job_id, event=Event.APPROVAL_REQUESTED).count() == 1
+    waiting = Job.objects.filter(status=JobStatus.PENDING_APPROVAL).annotate(
+        open_requests=Count("approval_requests", filter=Q(approval_requests__status=ApprovalStatus.PENDING)))
+    assert {j.pk: j.open_requests for j in waiting} == {j.pk: 1 for j in waiting}
+    assert audit_verify(job_id=job_id).ok

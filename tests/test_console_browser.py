@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from audit.models import AuditStamp
-from jobs.models import ExternalRecord, JobRun
+from examples.models import ExternalRecord
+from jobs.models import JobRun
 from tests.conftest import IN_CI, wait_status
 from tests.harness import ROOT, wait_until
 
@@ -123,6 +124,6 @@ def test_reviewer_approves_and_replays_in_the_console(live: Any, live_server: An
     stamp = AuditStamp.objects.get(job_id=dead_id, event="replayed")
     assert stamp.actor == "principal:reviewer"
     wait_status(dead_id, "dead_lettered")  # it fails permanently again, by design
-    page.goto(f"{base}/admin/approvals/deadletteredjob/{dead_id}/change/")
+    page.goto(f"{base}/admin/jobs/deadletteredjob/{dead_id}/change/")
     page.wait_for_selector(".stamp-replayed")
     shot(page, "09-replayed-trail")

@@ -18,10 +18,10 @@ from django.utils import timezone
 
 from approvals.models import ApprovalRequest, ApprovalStatus
 from audit.models import AuditStamp
-from jobs.control import cancels_enforce, job_type_pause, jobs_cancel, session_pause, session_resume
-from jobs.dispatcher import admission_candidates, dispatch_ready
+from jobs.admission.dispatcher import admission_candidates, dispatch_ready
 from jobs.models import Job, JobRun, JobStatus, JobTypeControl, PrincipalControl, SessionControl
-from jobs.services import SubmitSpec, job_submit
+from jobs.services.control import cancels_enforce, job_type_pause, jobs_cancel, session_pause, session_resume
+from jobs.services.submit import SubmitSpec, job_submit
 from jobs.transitions import jobs_transition_bulk
 
 pytestmark = pytest.mark.django_db

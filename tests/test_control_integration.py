@@ -13,7 +13,7 @@ from django.utils import timezone
 from audit.models import AuditStamp
 from config.celery import app
 from jobs.models import Job, JobRun, JobStatus
-from jobs.services import SubmitSpec, job_submit
+from jobs.services.submit import SubmitSpec, job_submit
 from tests.conftest import wait_status
 from tests.harness import wait_until
 

@@ -13,7 +13,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from jobs.errors import PermanentError, PolicyViolation, TransientError
 from jobs.models import ErrorClass
 from jobs.registry import JobType, RetryPolicy
-from jobs.runner import classify_error
+from jobs.worker.runner import classify_error
 
 
 def _http_error(code: int) -> urllib.error.HTTPError:

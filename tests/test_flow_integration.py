@@ -8,7 +8,8 @@ import pytest
 
 from audit.models import AuditStamp
 from config.celery import app
-from jobs.models import ExternalRecord, Job, JobRun
+from examples.models import ExternalRecord
+from jobs.models import Job, JobRun
 from tests.conftest import wait_status
 from tests.harness import wait_until
 
@@ -76,7 +77,7 @@ def test_duplicate_publish_of_a_queued_job_runs_it_once(live: Any, submit: Any) 
 
     from django.utils import timezone
 
-    from jobs.dispatcher import Admitted, publish
+    from jobs.admission.dispatcher import Admitted, publish
 
     run_after = (timezone.now() + timedelta(hours=1)).isoformat()
     body = submit("demo.local_store_write", {"key": "k-twice", "data": {}}, run_after=run_after).json()

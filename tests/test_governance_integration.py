@@ -17,9 +17,10 @@ from django.utils import timezone
 
 from audit.models import AuditStamp
 from config.celery import app
+from examples.models import ExternalRecord
 from governance.models import PolicyRule
 from governance.services import grant_revoke
-from jobs.models import ExternalRecord, Job, JobRun
+from jobs.models import Job, JobRun
 from tests import harness
 from tests.conftest import wait_status
 from tests.harness import wait_until

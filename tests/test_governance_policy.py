@@ -257,7 +257,7 @@ def test_scopes_cli_option_sets_worker_scopes(monkeypatch: Any) -> None:
     # when the worker is started with --scopes "crm, demo"
     _apply_scopes_option(options={"scopes": "crm, demo"})
     # then the worker's scope lock is exactly those scopes
-    from governance.services import scope_allowed, worker_scopes
+    from jobs.worker.recheck import scope_allowed, worker_scopes
 
     assert worker_scopes() == ["crm", "demo"]
     assert scope_allowed("crm") and not scope_allowed("store")

@@ -11,9 +11,11 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from audit.models import AuditStamp
-from jobs.models import EffectRecord, ExternalRecord, Job, JobRun, JobStatus
-from jobs.runner import stage_run
-from jobs.services import SubmitError, SubmitSpec, job_submit
+from common.errors import DomainError
+from examples.models import ExternalRecord
+from jobs.models import EffectRecord, Job, JobRun, JobStatus
+from jobs.services.submit import SubmitSpec, job_submit
+from jobs.worker.runner import stage_run
 from tests.harness import race
 
 # A far run_after keeps the dispatcher from publishing anything: these tests need no broker.
@@ -64,7 +66,7 @@ def test_concurrent_submits_with_one_key_and_two_payloads_one_wins_the_rest_conf
             assert not isinstance(result, Exception), result
             assert result.job.id == job.id
         else:
-            assert isinstance(result, SubmitError) and result.code == "idempotency_conflict", result
+            assert isinstance(result, DomainError) and result.code == "idempotency_conflict", result
             assert result.status == 409 and result.extra["job_id"] == job.id
     assert sum(1 for r in results if not isinstance(r, Exception) and r.created) == 1
 

@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from jobs.models import Job, JobStatus, SessionControl
-from jobs.services import SubmitSpec, job_submit
+from jobs.services.submit import SubmitSpec, job_submit
 from tests.harness import wait_until
 from tests.test_console_browser import page, shot  # noqa: F401 — the shared browser fixture
 

@@ -15,11 +15,12 @@ from django.utils import timezone
 
 import tests.fault_types  # noqa: F401 — registers the test job types
 from audit.models import AuditStamp
-from jobs.dispatcher import promote_due_retries
-from jobs.models import ErrorClass, ExternalRecord, Job, JobRun, JobStatus, RunOutcome
-from jobs.recovery import reap_expired_leases
-from jobs.runner import stage_run
-from jobs.services import SubmitSpec, job_submit
+from examples.models import ExternalRecord
+from jobs.admission.dispatcher import promote_due_retries
+from jobs.models import ErrorClass, Job, JobRun, JobStatus, RunOutcome
+from jobs.services.submit import SubmitSpec, job_submit
+from jobs.worker.reaper import reap_expired_leases
+from jobs.worker.runner import stage_run
 
 pytestmark = pytest.mark.django_db
 
@@ -142,7 +143,7 @@ def _running(principal: Any, job_type: str, inputs: dict[str, Any] | None = None
         Job.objects.filter(pk=job.id).update(stage=stage, proposal={"key": "k", "data": {}})
     token = "tok-reap"
     Job.objects.filter(pk=job.id).update(dispatch_token=token)
-    from jobs.runner import job_claim
+    from jobs.worker.runner import job_claim
 
     claimed = job_claim(job_id=job.id, stage=stage or job.stage, token=token, worker="dead-worker")
     assert not hasattr(claimed, "outcome"), claimed
@@ -229,7 +230,7 @@ def test_claim_refuses_a_redelivered_stage_past_the_claim_limit(principal: Any) 
 
 def test_reaper_dead_letters_a_lost_commit_that_is_not_idempotent(principal: Any) -> None:
     # given a type whose commit bypasses the effect ledger, lost during finalize
-    from jobs.examples.demo import LocalStoreWrite
+    from examples.job_types import LocalStoreWrite
     from jobs.registry import registry
 
     job = _running(principal, "demo.local_store_write", {"key": "k", "data": {}}, stage="finalize", alive_s=1)

@@ -8,9 +8,9 @@ import pytest
 
 from audit.models import AuditStamp
 from jobs.models import Job, JobRun, JobStatus
-from jobs.runner import stage_run
-from jobs.services import SubmitSpec, job_submit
+from jobs.services.submit import SubmitSpec, job_submit
 from jobs.transitions import IllegalTransition, job_transition
+from jobs.worker.runner import stage_run
 from tests.harness import race
 
 

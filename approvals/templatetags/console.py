@@ -27,5 +27,5 @@ def console_badges(context: dict[str, Any]) -> dict[str, Any]:
         "pending_url": reverse("admin:approvals_approvalrequest_changelist")
         + f"?status__exact={ApprovalStatus.PENDING}",
         "dead": Job.objects.filter(status=JobStatus.DEAD_LETTERED).count(),
-        "dead_url": reverse("admin:approvals_deadletteredjob_changelist"),
+        "dead_url": reverse("admin:jobs_deadletteredjob_changelist"),
     }

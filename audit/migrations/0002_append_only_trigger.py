@@ -1,6 +1,6 @@
 """PostgreSQL refuses UPDATE and DELETE on audit stamps.
 
-The only exception is the sanctioned retention path (audit.services.stamps_purge), which sets the
+The only exception is the sanctioned retention path (audit.services.chains_purge), which sets the
 transaction-local flag ``audit.retention = 'on'`` and leaves its own stamp. On SQLite (the
 embedded first-run default) there is no such trigger; docs/governance.md says so.
 """

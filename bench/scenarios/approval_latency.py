@@ -27,7 +27,7 @@ def run(ctx: Ctx) -> list[Row]:
     from approvals.services import approval_approve
     from governance.services import principal_ensure
     from jobs.models import Job, JobRun
-    from jobs.services import SubmitSpec, job_submit
+    from jobs.services.submit import SubmitSpec, job_submit
 
     count = ctx.n_jobs(40, 10)
     agent = principal_ensure(username="bench-approval-agent", grants=["store:write"]).user

@@ -25,9 +25,9 @@ from django.utils import timezone
 from audit.services import stamps_append_bulk
 from bench.harness import Ctx, Row
 from bench.workload import wait_with_progress
-from jobs.control import jobs_cancel
 from jobs.models import Job, JobRun, JobStatus
-from jobs.services import SubmitSpec, job_submit
+from jobs.services.control import jobs_cancel
+from jobs.services.submit import SubmitSpec, job_submit
 
 ORDER = 70
 DESCRIPTION = "bulk cancel of 5,000 queued jobs (target <= 1 s); B's start latency under A's flood (ratio <= 2)"

@@ -55,7 +55,7 @@ def _env(values: dict[str, str]) -> Iterator[None]:
 def _round(ctx: Ctx, index: int, pool: int) -> list[float]:
     session = f"bench-recovery-{index}"
     principal = ctx.principal
-    from jobs.services import SubmitSpec, job_submit
+    from jobs.services.submit import SubmitSpec, job_submit
 
     with ctx.beat(), ctx.governed_worker(concurrency=pool) as victim:
         ids = [

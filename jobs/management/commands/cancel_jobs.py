@@ -1,6 +1,6 @@
 """Cancel a session's unfinished jobs: ``manage.py cancel_jobs --session S [--status queued] [--dry-run]``.
 
-The same service as ``POST /api/v1/jobs/cancel`` (``jobs.control.jobs_cancel``): one transaction,
+The same service as ``POST /api/v1/jobs/cancel`` (``jobs.services.control.jobs_cancel``): one transaction,
 one stamp per job written in bulk. Stamps name the shell operator (``cli:<name>``).
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db.models import Count
 
-from jobs.control import jobs_cancel
-from jobs.control_selectors import OPEN_STATUSES
 from jobs.models import Job
+from jobs.selectors import OPEN_STATUSES
+from jobs.services.control import jobs_cancel
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ Steps:
 2. migrate, collectstatic, and ensure the ``demo`` principal (grants, token, admin login).
 3. Start gunicorn (gthread, so Server-Sent Event streams do not block other requests), a
    Celery worker consuming intake/execute/finalize/control, Celery beat (the database
-   scheduler from settings) and Flower, and supervise them (config.supervisor).
+   scheduler from settings) and Flower, and supervise them (common.supervisor).
 4. Print the URLs and credentials and a ``platform ready`` line once the web server (and
    Flower) answer HTTP.
 
@@ -23,14 +23,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
+from gunicorn.config import KNOWN_SETTINGS
 
-from config.supervisor import ChildSpec, Supervisor, filesystem_broker_prune, secret_persisted, token_random
+from common.supervisor import ChildSpec, Supervisor, filesystem_broker_prune, secret_persisted, token_random
 from governance.services import principal_ensure
-from jobs.dispatcher import stage_queue
+from jobs.admission.dispatcher import stage_queue
 
 DEMO_USERNAME = "demo"
 DEMO_GRANTS = ["demo:*", "store:write", "net:call", "approve:*"]
@@ -51,10 +53,8 @@ def worker_queues() -> list[str]:
 
 def worker_answers() -> bool:
     """Whether the platform's worker answers a remote-control ping over the broker."""
-    from config.celery import app
-
     try:
-        return bool(app.control.ping(destination=[f"{WORKER_NAME}@{socket.gethostname()}"], timeout=0.5))
+        return bool(current_app.control.ping(destination=[f"{WORKER_NAME}@{socket.gethostname()}"], timeout=0.5))
     except Exception:  # noqa: BLE001 - any broker error means "not yet"; the supervisor asks again
         return False
 
@@ -62,8 +62,6 @@ def worker_answers() -> bool:
 def _gunicorn_extra_args() -> list[str]:
     # gunicorn 25+ opens a control socket at a fixed path under $HOME by default; two platforms
     # on one machine would fight over it, and nothing here uses it.
-    from gunicorn.config import KNOWN_SETTINGS
-
     names = {s.name for s in KNOWN_SETTINGS}
     return ["--no-control-socket"] if "control_socket_disable" in names else []
 

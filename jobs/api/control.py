@@ -1,6 +1,6 @@
 """REST endpoints for control: cancel one, cancel many, and sessions (status, pause, resume).
 
-Thin views over ``jobs.control`` (writes) and ``jobs.control_selectors`` (reads).
+Thin views over ``jobs.services.control`` (writes) and ``jobs.selectors`` (reads).
 """
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import ApiError
-from jobs.api import get_job_or_404, json_object_body
-from jobs.control import NotCancellable, job_cancel, jobs_cancel, session_pause, session_resume
-from jobs.control_selectors import session_principal_ids, sessions_summarize
+from jobs.api.views import get_job_or_404, json_object_body
 from jobs.models import JobStatus
-from jobs.selectors import jobs_visible_to
+from jobs.selectors import jobs_visible_to, session_principal_ids, sessions_summarize
+from jobs.services.control import job_cancel, jobs_cancel, session_pause, session_resume
 
 CANCEL_FILTER_STATUSES = (
     JobStatus.QUEUED, JobStatus.RETRY_SCHEDULED, JobStatus.PENDING_APPROVAL, JobStatus.RUNNING,
@@ -53,11 +51,7 @@ class JobCancelView(APIView):
     @extend_schema(operation_id="job_cancel", request=None, responses={202: CancelResponseSerializer})
     def post(self, request: Request, job_id: str) -> Response:
         job = get_job_or_404(request, job_id)
-        try:
-            status, cancelling = job_cancel(job=job, actor=_actor(request))
-        except NotCancellable as exc:
-            raise ApiError(code="not_cancellable", detail=f"The job is {exc.status}; it cannot be cancelled.",
-                           status_code=409, status=exc.status) from exc
+        status, cancelling = job_cancel(job=job, actor=_actor(request))
         return Response({"job_id": job.pk, "status": status, "cancelling": cancelling}, status=202)
 
 

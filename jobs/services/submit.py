@@ -12,30 +12,23 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from audit.events import Event
 from audit.services import canonical_json
+from common.errors import DomainError
 from governance.models import Decision
 from governance.policy import PolicyDecision, policy_evaluate, redact_inputs
 from governance.secrets import encrypt_secrets, split_secrets
 from governance.selectors import missing_permissions, principal_grants
-from jobs.dispatcher import dispatch_soon
+from jobs.admission.dispatcher import dispatch_soon
+from jobs.checkpoints import checkpoint_before, checkpoint_for_ack
 from jobs.errors import UnknownJobType
+from jobs.hooks import approval_gate, approval_open
 from jobs.models import Job, JobStatus, Stage, new_trace_id
 from jobs.registry import JobType, registry
 from jobs.transitions import job_created_stamp
 
 KNOWN_CONSTRAINTS = {"max_runtime_s", "requires_human_ack", "no_external_posting"}
 PRIORITY_RANGE = (-100, 100)
-
-
-class SubmitError(Exception):
-    """Submit refused before anything was written."""
-
-    def __init__(self, code: str, detail: str, *, status: int = 400, **extra: Any) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.status = status
-        self.extra = extra
 
 
 @dataclass
@@ -88,39 +81,37 @@ def _schema_errors(schema: dict[str, Any], inputs: dict[str, Any]) -> dict[str, 
 def _validate_constraints(constraints: dict[str, Any], job_type: JobType) -> dict[str, Any]:
     unknown = sorted(set(constraints) - KNOWN_CONSTRAINTS)
     if unknown:
-        raise SubmitError("invalid_constraints", f"unknown constraints: {', '.join(unknown)}",
+        raise DomainError("invalid_constraints", f"unknown constraints: {', '.join(unknown)}",
                           errors={k: ["unknown constraint"] for k in unknown})
     out = dict(constraints)
     if "max_runtime_s" in out:
         value = out["max_runtime_s"]
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= job_type.max_runtime_s:
-            raise SubmitError(
+            raise DomainError(
                 "invalid_constraints",
                 f"max_runtime_s must be an integer from 1 to {job_type.max_runtime_s} for {job_type.name}",
                 errors={"max_runtime_s": ["out of range"]},
             )
     for flag in ("requires_human_ack", "no_external_posting"):
         if flag in out and not isinstance(out[flag], bool):
-            raise SubmitError("invalid_constraints", f"{flag} must be a boolean", errors={flag: ["not a boolean"]})
+            raise DomainError("invalid_constraints", f"{flag} must be a boolean", errors={flag: ["not a boolean"]})
     return out
 
 
 def validate_inputs(*, job_type: JobType, inputs: Any) -> None:
     if not isinstance(inputs, dict):
-        raise SubmitError("invalid_inputs", "inputs must be a JSON object", errors={"(root)": ["not an object"]})
+        raise DomainError("invalid_inputs", "inputs must be a JSON object", errors={"(root)": ["not an object"]})
     errors = _schema_errors(job_type.input_schema, inputs)
     if errors:
-        raise SubmitError("invalid_inputs", "inputs do not match the job type's schema", errors=errors)
-
-
-def _first_stage(job_type: JobType) -> str:
-    return Stage.INTAKE if job_type.has_intake() else Stage.EXECUTE
+        raise DomainError("invalid_inputs", "inputs do not match the job type's schema", errors=errors)
 
 
 def _initial_status(decision: PolicyDecision) -> tuple[str, str]:
-    """(status, approval checkpoint) for a new admitted job."""
-    if decision.action == Decision.REQUIRE_APPROVAL and decision.checkpoint in ("before_execute", "both"):
-        return JobStatus.PENDING_APPROVAL, "before_execute"
+    """(status, approval checkpoint) for a new admitted job: a checkpoint before the work
+    parks it at once (even when an intake stage comes first), anything later waits its stage."""
+    checkpoint = checkpoint_before(Stage.EXECUTE, decision=decision.as_dict())
+    if checkpoint:
+        return JobStatus.PENDING_APPROVAL, checkpoint
     return JobStatus.QUEUED, ""
 
 
@@ -138,11 +129,11 @@ def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
     try:
         job_type = registry.get(spec.job_type)
     except UnknownJobType:
-        raise SubmitError("unknown_job_type", f"unknown job type {spec.job_type!r}") from None
+        raise DomainError("unknown_job_type", f"unknown job type {spec.job_type!r}") from None
     validate_inputs(job_type=job_type, inputs=spec.inputs)
     constraints = _validate_constraints(spec.constraints or {}, job_type)
     if not PRIORITY_RANGE[0] <= spec.priority <= PRIORITY_RANGE[1]:
-        raise SubmitError("invalid_request", "priority must be between -100 and 100",
+        raise DomainError("invalid_request", "priority must be between -100 and 100",
                           errors={"priority": ["out of range"]})
     request_hash = _request_hash(spec)
     if spec.idempotency_key:
@@ -158,17 +149,17 @@ def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
     if constraints.get("requires_human_ack") and decision.action in (Decision.ALLOW, Decision.REDACT):
         decision.action = Decision.REQUIRE_APPROVAL
         decision.approvers = max(1, decision.approvers)
-        decision.checkpoint = "before_commit" if job_type.has_commit() else "before_execute"
+        decision.checkpoint = checkpoint_for_ack(has_commit=job_type.has_commit())
         decision.path.append("constraint:requires_human_ack")
     missing = missing_permissions(required=job_type.permissions, grants=principal_grants(principal=principal))
 
     status, checkpoint = _initial_status(decision)
     reason = ""
-    event = "submitted"
+    event = Event.SUBMITTED
     if missing:
-        status, reason, event = JobStatus.BLOCKED, f"missing permissions: {', '.join(missing)}", "blocked"
+        status, reason, event = JobStatus.BLOCKED, f"missing permissions: {', '.join(missing)}", Event.BLOCKED
     elif decision.action == Decision.BLOCK:
-        status, reason, event = JobStatus.BLOCKED, f"policy: {decision.reason}", "blocked"
+        status, reason, event = JobStatus.BLOCKED, f"policy: {decision.reason}", Event.BLOCKED
     redacted: list[str] = []
     if decision.redact_fields:
         public_inputs, redacted = redact_inputs(public_inputs, decision.redact_fields)
@@ -194,7 +185,7 @@ def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
         callback_url=spec.callback_url,
         status=status,
         submitted_status=status,
-        stage=_first_stage(job_type),
+        stage=job_type.first_stage(),
         max_attempts=job_type.retry.max_attempts,
         max_runtime_s=max_runtime,
         policy_decision=decision.as_dict(),
@@ -221,7 +212,7 @@ def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
             job_created_stamp(job=job, event=event, actor=f"principal:{principal.get_username()}",
                               details=details)
             if status == JobStatus.PENDING_APPROVAL:
-                _open_approval(job, decision)
+                approval_open(job=job, checkpoint=checkpoint, approvers=decision.approvers)
             if status == JobStatus.QUEUED:
                 dispatch_soon()
     except IntegrityError:
@@ -239,38 +230,19 @@ def _idempotent_existing(principal: User, key: str, request_hash: str) -> Job | 
     if existing is None:
         return None
     if existing.request_hash != request_hash:
-        raise SubmitError(
+        raise DomainError(
             "idempotency_conflict",
             "this idempotency key was used with a different payload",
-            status=409,
             job_id=existing.id,
         )
     return existing
 
 
-def _open_approval(job: Job, decision: PolicyDecision | dict[str, Any]) -> None:
-    from approvals.services import approval_open
-
-    data = decision.as_dict() if isinstance(decision, PolicyDecision) else decision
-    approval_open(job=job, checkpoint=job.approval_checkpoint, approvers=int(data.get("approvers") or 1))
-
-
-def next_stage_status(*, job: Job, job_type: JobType, next_stage: str) -> tuple[str, dict[str, Any]]:
-    """Where a job goes after a stage succeeds: queued for the next stage, or a human first."""
-    decision = job.policy_decision or {}
-    wants_commit_ack = decision.get("action") == Decision.REQUIRE_APPROVAL and decision.get("checkpoint") in (
-        "before_commit",
-        "both",
-    )
-    if next_stage == Stage.FINALIZE and wants_commit_ack:
-        from approvals.selectors import approval_granted
-
-        if not approval_granted(job_id=job.id, checkpoint="before_commit"):
-            transaction.on_commit(lambda: open_approval_by_id(job.id))
-            return JobStatus.PENDING_APPROVAL, {"approval_checkpoint": "before_commit"}
+def next_stage_status(*, job: Job, next_stage: str) -> tuple[str, dict[str, Any]]:
+    """Where a job goes after a stage succeeds: queued for the next stage, or a human first
+    when the job's policy decision puts a checkpoint before it that is not approved yet. The
+    caller opens the request (``approval_gate().open``) in the same transaction as the move."""
+    checkpoint = checkpoint_before(next_stage, decision=job.policy_decision or {})
+    if checkpoint and not approval_gate().granted(job_id=job.id, checkpoint=checkpoint):
+        return JobStatus.PENDING_APPROVAL, {"approval_checkpoint": checkpoint}
     return JobStatus.QUEUED, {"approval_checkpoint": ""}
-
-
-def open_approval_by_id(job_id: str) -> None:
-    job = Job.objects.get(pk=job_id)
-    _open_approval(job, job.policy_decision)

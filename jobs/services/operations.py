@@ -13,31 +13,22 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from django.utils import timezone
 
+from audit.events import Event
 from audit.models import AuditStamp
 from audit.services import stamp_append
+from common.errors import DomainError
 from governance.selectors import missing_permissions, principal_grants
-from jobs.context import JobContext
-from jobs.dispatcher import dispatch_soon
+from jobs.admission.dispatcher import dispatch_soon
 from jobs.errors import UnknownJobType
 from jobs.models import Job, JobStatus
 from jobs.registry import JobType, registry
 from jobs.transitions import job_transition
+from jobs.worker.context import JobContext
 
 REPLAY_GRANT = "jobs:replay"
 # A person (checked for the operator grant) or the name of a shell operator (a management
 # command: whoever can run it already operates the platform).
 Actor = AbstractBaseUser | AnonymousUser | str
-
-
-class OperationError(Exception):
-    STATUS = {"permission_denied": 403, "not_dead_lettered": 409, "not_rollbackable": 409,
-              "already_rolled_back": 409}
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.status = self.STATUS.get(code, 400)
 
 
 def is_operator(user: AbstractBaseUser | AnonymousUser) -> bool:
@@ -53,7 +44,7 @@ def _actor_label(actor: Actor) -> str:
     if isinstance(actor, str):
         return f"cli:{actor}"
     if not is_operator(actor):
-        raise OperationError("permission_denied", "only operators (staff or jobs:replay) may do this")
+        raise DomainError("permission_denied", "only operators (staff or jobs:replay) may do this")
     return f"principal:{actor.get_username()}"
 
 
@@ -66,7 +57,7 @@ def job_replay(*, job: Job, actor: Actor) -> Job:
     """
     label = _actor_label(actor)
     prior = job_transition(
-        job_id=job.pk, to=JobStatus.QUEUED, allowed_from=[JobStatus.DEAD_LETTERED], event="replayed",
+        job_id=job.pk, to=JobStatus.QUEUED, allowed_from=[JobStatus.DEAD_LETTERED], event=Event.REPLAYED,
         actor=label,
         details={"replayed_by": label, "stage": job.stage, "previous_error_class": job.error_class,
                  "previous_reason": job.reason, "previous_attempts": job.attempts},
@@ -75,7 +66,7 @@ def job_replay(*, job: Job, actor: Actor) -> Job:
                  "dispatch_token": "", "lease_owner": "", "lease_expires_at": None},
     )
     if prior is None:
-        raise OperationError("not_dead_lettered", f"job {job.pk} is not dead-lettered")
+        raise DomainError("not_dead_lettered", f"job {job.pk} is not dead-lettered")
     dispatch_soon()
     job.refresh_from_db()
     return job
@@ -90,13 +81,13 @@ def job_discard(*, job: Job, actor: Actor, reason: str) -> Job:
     label = _actor_label(actor)
     reason = (reason or "").strip() or "no reason given"
     prior = job_transition(
-        job_id=job.pk, to=JobStatus.CANCELLED, allowed_from=[JobStatus.DEAD_LETTERED], event="discarded",
+        job_id=job.pk, to=JobStatus.CANCELLED, allowed_from=[JobStatus.DEAD_LETTERED], event=Event.DISCARDED,
         actor=label,
         details={"discarded_by": label, "reason": reason, "previous_error_class": job.error_class},
         updates={"reason": f"discarded: {reason}"[:200]},
     )
     if prior is None:
-        raise OperationError("not_dead_lettered", f"job {job.pk} is not dead-lettered")
+        raise DomainError("not_dead_lettered", f"job {job.pk} is not dead-lettered")
     dispatch_soon()
     job.refresh_from_db()
     return job
@@ -118,20 +109,20 @@ def job_rollback(*, job: Job, actor: Actor) -> dict[str, Any]:
     try:
         job_type = registry.get(job.job_type)
     except UnknownJobType:
-        raise OperationError("not_rollbackable", f"job type {job.job_type!r} is not registered") from None
+        raise DomainError("not_rollbackable", f"job type {job.job_type!r} is not registered") from None
     if job.status != JobStatus.SUCCEEDED or not has_rollback(job_type) or not job.result:
-        raise OperationError("not_rollbackable", "only succeeded jobs of a type with a rollback handler")
+        raise DomainError("not_rollbackable", "only succeeded jobs of a type with a rollback handler")
     with transaction.atomic():
         locked = Job.objects.select_for_update().get(pk=job.pk)
-        if AuditStamp.objects.filter(job_id=job.pk, event="rolled_back").exists():
-            raise OperationError("already_rolled_back", f"job {job.pk} was already rolled back")
+        if AuditStamp.objects.filter(job_id=job.pk, event=Event.ROLLED_BACK).exists():
+            raise DomainError("already_rolled_back", f"job {job.pk} was already rolled back")
         ctx = JobContext(
             job_id=locked.pk, run_id=locked.current_run_id, stage="rollback", attempt=1,
             session_id=locked.session_id, trace_id=locked.trace_id, correlation_id=locked.correlation_id,
             conversation_id=locked.conversation_id, principal=str(locked.principal_id), worker=label,
         )
         outcome = job_type.rollback(ctx, dict(locked.result or {})) or {}
-        stamp_append(job_id=job.pk, event="rolled_back", actor=label,
+        stamp_append(job_id=job.pk, event=Event.ROLLED_BACK, actor=label,
                      from_status=locked.status, to_status=locked.status,
                      details={"rolled_back_by": label, "outcome": outcome,
                               "tools_used": [c["name"] for c in ctx.tool_calls]})

@@ -10,7 +10,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from audit.services import RETENTION_CHAIN, stamps_purge
+from audit.services import RETENTION_CHAIN
+from jobs.services.retention import jobs_purge
 
 
 class Command(BaseCommand):
@@ -37,7 +38,7 @@ class Command(BaseCommand):
 
         previous = signal.signal(signal.SIGTERM, on_term)
         try:
-            report = stamps_purge(
+            report = jobs_purge(
                 before=timezone.now() - timedelta(days=days),
                 dry_run=options["dry_run"],
                 batch_size=options["batch_size"],

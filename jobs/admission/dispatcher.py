@@ -42,12 +42,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from audit.events import Event
 from jobs.models import Job, JobRun, JobStatus, JobTypeControl, PrincipalControl, SessionControl
 from jobs.transitions import job_transition
 
@@ -74,13 +76,11 @@ def stage_queue(stage: str, scope: str) -> str:
 
 def publish(admitted: list[Admitted]) -> list[str]:
     """Publish stage messages; return the ids that could not be published."""
-    from config.celery import app
-
     failed: list[str] = []
     grace = settings.JOBS_TIME_LIMIT_GRACE_S
     for index, item in enumerate(admitted):
         try:
-            app.send_task(
+            current_app.send_task(
                 f"jobs.{item.stage}",
                 args=[item.job_id, item.stage, item.token],
                 queue=stage_queue(item.stage, item.scope),
@@ -126,7 +126,7 @@ def promote_due_retries(*, limit: int = 500) -> int:
             job_id=job_id,
             to=JobStatus.QUEUED,
             allowed_from=[JobStatus.RETRY_SCHEDULED],
-            event="retry_due",
+            event=Event.RETRY_DUE,
             updates={"dispatched_at": None},
         ):
             moved += 1

@@ -1,6 +1,6 @@
 """The reaper: running jobs whose lease expired (their worker died or hung).
 
-A running job holds a lease (``lease_expires_at``) that its worker's :class:`jobs.context.RunMonitor`
+A running job holds a lease (``lease_expires_at``) that its worker's :class:`jobs.worker.context.RunMonitor`
 renews every ``JOBS_HEARTBEAT_S``; the beat runs this every ``JOBS_REAPER_TICK_S``. A lease that
 ran out means the worker process is gone (SIGKILL, OOM, host lost) or was killed by Celery's
 hard time limit. The cause is told apart by how long the run stayed alive: a run whose last
@@ -30,7 +30,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs.dispatcher import dispatch_soon
+from audit.events import Event
+from jobs.admission.dispatcher import dispatch_soon
 from jobs.errors import UnknownJobType
 from jobs.models import ErrorClass, Job, JobRun, JobStatus, RunOutcome, Stage
 from jobs.registry import JobType, registry
@@ -104,7 +105,7 @@ def reap_expired_leases(*, limit: int = 200) -> dict[str, int]:
         with transaction.atomic():
             prior = job_transition(
                 job_id=row["id"], to=to, allowed_from=[JobStatus.RUNNING],
-                event="lease_expired" if to == JobStatus.RETRY_SCHEDULED else "dead_lettered",
+                event=Event.LEASE_EXPIRED if to == JobStatus.RETRY_SCHEDULED else Event.DEAD_LETTERED,
                 details=details,
                 updates=updates,
                 # A heartbeat that renewed the lease since the read above wins: not expired.

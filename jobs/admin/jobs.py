@@ -1,19 +1,22 @@
+"""Admin pages for jobs, runs, the effect ledger and the control rows (read-only where it matters)."""
+
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.http import HttpRequest
 
+from common.errors import DomainError
 from jobs.models import (
     EffectRecord,
-    ExternalRecord,
     Job,
     JobRun,
     JobTypeControl,
     PrincipalControl,
     SessionControl,
 )
+from jobs.services.operations import job_rollback
 
 
 class JobRunInline(admin.TabularInline[JobRun, Job]):
@@ -45,15 +48,11 @@ class JobAdmin(admin.ModelAdmin[Job]):
     @admin.action(description="Roll back selected succeeded jobs (types with a rollback handler)")
     def rollback_selected(self, request: HttpRequest, queryset: Any) -> None:
         # The same service as any other caller; it checks operator rights, status and type.
-        from django.contrib import messages
-
-        from jobs.operations import OperationError, job_rollback
-
         for job in queryset.order_by("pk"):
             try:
                 outcome = job_rollback(job=job, actor=request.user)
                 messages.success(request, f"Rolled back {job.pk}: {outcome}")
-            except OperationError as exc:
+            except DomainError as exc:
                 messages.warning(request, f"Not rolled back: {job.pk} ({exc.code}): {exc.detail}")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
@@ -71,12 +70,6 @@ class EffectRecordAdmin(admin.ModelAdmin[EffectRecord]):
     list_display = ("job_type", "effect_key", "job", "created_at")
     raw_id_fields = ("job",)
     show_full_result_count = False
-
-
-@admin.register(ExternalRecord)
-class ExternalRecordAdmin(admin.ModelAdmin[ExternalRecord]):
-    list_display = ("id", "key", "written_by_job", "created_at")
-    search_fields = ("key", "written_by_job")
 
 
 # --- control: per-session caps and pauses, per-principal defaults, job-type pause/rate limit ------

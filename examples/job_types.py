@@ -9,10 +9,10 @@ import time
 import urllib.request
 from typing import Any
 
-from jobs.context import JobContext
+from examples.models import ExternalRecord
 from jobs.errors import PermanentError, TransientError
-from jobs.models import ExternalRecord
 from jobs.registry import AckPoint, JobType, RetryPolicy, Risk, register
+from jobs.worker.context import JobContext
 
 
 @register

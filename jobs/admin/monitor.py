@@ -2,7 +2,7 @@
 
 Staff only (``admin.site.admin_view``: login redirect, staff check, CSRF on POST). The page
 polls a JSON endpoint every two seconds; its buttons call the same services as the REST API
-(``jobs.control``), with the operator as the stamped actor.
+(``jobs.services.control``), with the operator as the stamped actor.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from jobs.control import jobs_cancel, session_pause, session_resume
-from jobs.control_selectors import OPEN_STATUSES, sessions_active, sessions_summarize
 from jobs.models import Job, JobStatus
+from jobs.selectors import OPEN_STATUSES, sessions_active, sessions_summarize
+from jobs.services.control import jobs_cancel, session_pause, session_resume
 
 # Unfinished jobs listed (and linked) per session on the page.
 JOBS_LISTED_PER_SESSION = 10

@@ -1,4 +1,4 @@
-"""REST endpoints for jobs: thin views over jobs.services and jobs.selectors."""
+"""REST endpoints for jobs: thin views over jobs.services.submit and jobs.selectors."""
 
 from __future__ import annotations
 
@@ -18,10 +18,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit.selectors import stamps_for_job
-from config.errors import ApiError
-from jobs.models import TERMINAL_STATUSES, Job, JobStatus
-from jobs.selectors import job_get, job_list, job_runs
-from jobs.serializers import (
+from common.errors import DomainError
+from jobs.api.serializers import (
     AuditStampSerializer,
     JobListSerializer,
     JobRunSerializer,
@@ -30,21 +28,23 @@ from jobs.serializers import (
     SubmitSerializer,
     submit_body,
 )
-from jobs.services import SubmitError, SubmitSpec, job_submit
+from jobs.models import TERMINAL_STATUSES, Job, JobStatus
+from jobs.selectors import job_get, job_list, job_runs
+from jobs.services.submit import SubmitSpec, job_submit
 
 
 def get_job_or_404(request: Request, job_id: str) -> Job:
     """The job if this principal may see it; 404 ``not_found`` otherwise (also for others' jobs)."""
     job = job_get(principal=request.user, job_id=job_id)
     if job is None:
-        raise ApiError(code="not_found", detail="No such job.", status_code=404)
+        raise DomainError("not_found", "No such job.")
     return job
 
 
 def json_object_body(request: Request) -> dict[str, Any]:
     """The parsed body, which must be a JSON object (a list or scalar is ``invalid_request``)."""
     if not isinstance(request.data, dict):
-        raise ApiError(code="invalid_request", detail="The body must be a JSON object.")
+        raise DomainError("invalid_request", "The body must be a JSON object.")
     return request.data
 
 
@@ -54,7 +54,7 @@ class JobListCreateView(ListAPIView):
     def get_queryset(self) -> Any:
         status = self.request.query_params.get("status") or None
         if status and status not in JobStatus.values:
-            raise ApiError(code="invalid_request", detail=f"unknown status {status!r}",
+            raise DomainError("invalid_request", f"unknown status {status!r}",
                            errors={"status": [f"must be one of {', '.join(JobStatus.values)}"]})
         return job_list(
             principal=self.request.user,
@@ -90,10 +90,7 @@ class JobListCreateView(ListAPIView):
             conversation_id=data.get("conversation_id", ""),
             callback_url=data.get("callback_url", ""),
         )
-        try:
-            result = job_submit(principal=request.user, spec=spec)  # type: ignore[arg-type]
-        except SubmitError as exc:
-            raise ApiError(code=exc.code, detail=exc.detail, status_code=exc.status, **exc.extra) from exc
+        result = job_submit(principal=request.user, spec=spec)  # type: ignore[arg-type]
         body = submit_body(result.job, request)
         if result.blocked:
             missing = result.job.reason.startswith("missing permissions")
@@ -174,7 +171,7 @@ class JobEventsView(APIView):
         try:
             after = int(request.headers.get("Last-Event-ID") or request.query_params.get("after") or 0)
         except ValueError:
-            raise ApiError(code="invalid_request", detail="Last-Event-ID must be an integer") from None
+            raise DomainError("invalid_request", "Last-Event-ID must be an integer") from None
         response = StreamingHttpResponse(job_event_stream(job.pk, after_seq=after), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"

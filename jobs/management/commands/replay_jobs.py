@@ -3,7 +3,7 @@
     manage.py replay_jobs --job job_abc --job job_def
     manage.py replay_jobs --reason retries_exhausted --job-type demo.flaky --since 2026-11-01T00:00 --dry-run
 
-A thin loop over ``jobs.operations.job_replay`` (the service the admin and the API use);
+A thin loop over ``jobs.services.operations.job_replay`` (the service the admin and the API use);
 stamps name the shell operator (``cli:<name>``). Stops cleanly between jobs on SIGTERM.
 """
 
@@ -19,9 +19,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_datetime
 from django.utils.timezone import is_naive, make_aware
 
-from approvals.selectors import dead_lettered_jobs
+from common.errors import DomainError
 from jobs.models import ErrorClass
-from jobs.operations import OperationError, job_replay
+from jobs.selectors import dead_lettered_jobs
+from jobs.services.operations import job_replay
 
 
 def _when(value: str | None, name: str) -> datetime | None:
@@ -72,7 +73,7 @@ class Command(BaseCommand):
                 continue
             try:
                 job_replay(job=job, actor=opts["actor"])
-            except OperationError as exc:
+            except DomainError as exc:
                 refused += 1
                 self.stdout.write(f"refused {line}: {exc.code}")
                 continue

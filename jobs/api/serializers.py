@@ -6,6 +6,7 @@ from django.urls import reverse
 from rest_framework import serializers
 
 from audit.models import AuditStamp
+from jobs.hooks import approval_gate
 from jobs.models import Job, JobRun, JobStatus
 
 
@@ -79,18 +80,7 @@ class JobSerializer(serializers.ModelSerializer):
         return {"pct": job.progress_pct, "message": job.progress_message}
 
     def get_approval(self, job: Job) -> dict[str, Any] | None:
-        from approvals.models import ApprovalRequest
-
-        request = ApprovalRequest.objects.filter(job_id=job.pk).order_by("-created_at").first()
-        if request is None:
-            return None
-        return {
-            "approval_id": request.pk,
-            "checkpoint": request.checkpoint,
-            "status": request.status,
-            "required_approvals": request.required_approvals,
-            "expires_at": request.expires_at,
-        }
+        return approval_gate().summary(job_id=job.pk)
 
     def get_links(self, job: Job) -> dict[str, str]:
         return {

@@ -21,13 +21,17 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from audit.events import Event
 from audit.services import SYSTEM_ACTOR, stamps_append_bulk
-from jobs.dispatcher import dispatch_soon
+from common.errors import DomainError
+from jobs.admission.dispatcher import dispatch_soon
+from jobs.hooks import approval_gate
 from jobs.models import ErrorClass, Job, JobRun, JobStatus, JobTypeControl, RunOutcome, SessionControl
 from jobs.transitions import job_transition, jobs_transition_bulk
 
@@ -65,8 +69,6 @@ def jobs_cancel(*, jobs: QuerySet[Job], actor: str, reason: str = "cancelled") -
     ``status=running``) and a ``cancel_requested`` stamp each, in bulk; (3) a dispatch pass
     after commit, since slots may have been freed.
     """
-    from approvals.models import ApprovalRequest, ApprovalStatus
-
     now = timezone.now()
     result = CancelResult()
     with transaction.atomic():
@@ -74,16 +76,14 @@ def jobs_cancel(*, jobs: QuerySet[Job], actor: str, reason: str = "cancelled") -
             jobs=jobs,
             to=JobStatus.CANCELLED,
             allowed_from=CANCEL_AT_ONCE,
-            event="cancelled",
+            event=Event.CANCELLED,
             actor=actor,
             details={"mode": "before_start", "reason": reason},
             updates={"reason": reason, "error_class": ErrorClass.CANCELLED},
         )
         pending = result.cancelled.get(JobStatus.PENDING_APPROVAL, [])
         if pending:
-            ApprovalRequest.objects.filter(job_id__in=pending, status=ApprovalStatus.PENDING).update(
-                status=ApprovalStatus.CANCELLED, decided_at=now
-            )
+            approval_gate().close_for_jobs(job_ids=pending, now=now)
         running = list(
             jobs.filter(status=JobStatus.RUNNING, cancel_requested_at__isnull=True)
             .order_by("pk").select_for_update(of=("self",)).values_list("pk", flat=True)
@@ -94,7 +94,7 @@ def jobs_cancel(*, jobs: QuerySet[Job], actor: str, reason: str = "cancelled") -
             )
             details = {"reason": reason, "grace_s": settings.JOBS_CANCEL_GRACE_S}
             stamps_append_bulk([
-                {"job_id": job_id, "event": "cancel_requested", "actor": actor,
+                {"job_id": job_id, "event": Event.CANCEL_REQUESTED, "actor": actor,
                  "from_status": JobStatus.RUNNING, "to_status": JobStatus.RUNNING, "details": details}
                 for job_id in running
             ])
@@ -106,16 +106,10 @@ def jobs_cancel(*, jobs: QuerySet[Job], actor: str, reason: str = "cancelled") -
     return result
 
 
-class NotCancellable(Exception):
-    def __init__(self, status: str) -> None:
-        super().__init__(f"a {status} job cannot be cancelled")
-        self.status = status
-
-
 def job_cancel(*, job: Job, actor: str, reason: str = "cancelled") -> tuple[str, bool]:
     """Cancel one job; return (its status now, whether a running handler is being stopped).
 
-    Raises :class:`NotCancellable` for a job that already ended.
+    Raises ``not_cancellable`` (409) for a job that already ended.
     """
     result = jobs_cancel(jobs=Job.objects.filter(pk=job.pk), actor=actor, reason=reason)
     if result.cancelled_count:
@@ -123,7 +117,7 @@ def job_cancel(*, job: Job, actor: str, reason: str = "cancelled") -> tuple[str,
     if result.cancelling:
         return JobStatus.RUNNING, True
     current = Job.objects.filter(pk=job.pk).values_list("status", flat=True).first() or job.status
-    raise NotCancellable(current)
+    raise DomainError("not_cancellable", f"The job is {current}; it cannot be cancelled.", status=current)
 
 
 def _revoke(task_ids: list[str]) -> None:
@@ -134,12 +128,10 @@ def _revoke(task_ids: list[str]) -> None:
     ``pool.terminate_job(pid, signal)``); the id is also remembered as revoked, so a redelivered
     copy of the message is discarded (celery/worker/request.py ``revoked``).
     """
-    from config.celery import app
-
     if not task_ids:
         return
     try:
-        app.control.revoke(task_ids, terminate=True, signal=settings.JOBS_CANCEL_SIGNAL)
+        current_app.control.revoke(task_ids, terminate=True, signal=settings.JOBS_CANCEL_SIGNAL)
     except Exception:  # the job is already cancelled in the database; the lease ends the rest
         logger.warning("revoke of %s failed", task_ids, exc_info=True)
 
@@ -167,7 +159,7 @@ def cancels_enforce(*, now: datetime | None = None, limit: int = 200) -> int:
         with transaction.atomic():
             prior = job_transition(
                 job_id=row["id"], to=JobStatus.CANCELLED, allowed_from=[JobStatus.RUNNING],
-                event="cancelled", actor=SYSTEM_ACTOR,
+                event=Event.CANCELLED, actor=SYSTEM_ACTOR,
                 details={"mode": "forced", "run_id": row["current_run_id"], "celery_task_id": task_id,
                          "worker": worker, "signal": settings.JOBS_CANCEL_SIGNAL,
                          "grace_s": settings.JOBS_CANCEL_GRACE_S},

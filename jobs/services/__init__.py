@@ -1,0 +1,1 @@
+"""Writes callers use: submit, control (cancel, pause), operations (replay, discard, rollback), retention."""
