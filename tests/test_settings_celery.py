@@ -27,7 +27,7 @@ def test_reliability_settings_reach_celery() -> None:
     assert conf.task_routes["jobs.finalize"] == {"queue": "finalize"}
     assert conf.beat_scheduler == settings.CELERY_BEAT_SCHEDULER
     assert set(conf.beat_schedule) == {"jobs-dispatch-tick", "jobs-reap-leases", "jobs-enforce-cancels",
-                                       "approvals-expire"}
+                                       "approvals-expire", "approvals-repair"}
     assert conf.task_routes["jobs.enforce_cancels"] == {"queue": "control"}
 
 
