@@ -5,6 +5,8 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
+# Re-registers the policy rule admin with the what-if action (see its docstring).
+from jobs import admin_policy  # noqa: F401
 from jobs.models import (
     EffectRecord,
     ExternalRecord,

@@ -1,7 +1,7 @@
 from django.urls import path
 
 from approvals.api import JobReplayView
-from jobs import api, api_control
+from jobs import api, api_control, api_policy
 
 urlpatterns = [
     path("jobs", api.JobListCreateView.as_view(), name="job-list"),
@@ -12,6 +12,7 @@ urlpatterns = [
     path("jobs/<str:job_id>/audit", api.JobAuditView.as_view(), name="job-audit"),
     path("jobs/<str:job_id>/events", api.JobEventsView.as_view(), name="job-events"),
     path("jobs/<str:job_id>/replay", JobReplayView.as_view(), name="job-replay"),
+    path("policy/simulate", api_policy.PolicySimulateView.as_view(), name="policy-simulate"),
     path("sessions/<str:session_id>", api_control.SessionDetailView.as_view(), name="session-detail"),
     path("sessions/<str:session_id>/pause", api_control.SessionPauseView.as_view(), name="session-pause"),
     path("sessions/<str:session_id>/resume", api_control.SessionResumeView.as_view(), name="session-resume"),
