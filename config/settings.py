@@ -316,6 +316,8 @@ LOGGING = {
 
 # --- Approvals ------------------------------------------------------------------------------
 APPROVAL_TTL_S = _int("APPROVAL_TTL_S", 24 * 3600, minimum=1)
+# A pending request older than this is "past SLA" in the approval analytics (approvals.analytics).
+APPROVAL_SLA_S = _int("APPROVAL_SLA_S", 3600, minimum=1)
 
 # --- Server-sent events ---------------------------------------------------------------------
 API_SSE_POLL_S = _float("API_SSE_POLL_S", 0.5, minimum=0.05)
