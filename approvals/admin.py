@@ -18,6 +18,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
+from approvals.admin_stats import approval_stats_page
 from approvals.models import ApprovalDecision, ApprovalRequest, ApprovalStatus
 from approvals.selectors import approval_review
 from approvals.services import approval_approve, approval_deny
@@ -90,7 +91,9 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[ApprovalRequest]
     # --- the reviewer's view and the decision --------------------------------------------
     def get_urls(self) -> list[URLPattern]:
         own = [path("<int:approval_id>/decide/", self.admin_site.admin_view(self.decide_view),
-                    name="approvals_approvalrequest_decide")]
+                    name="approvals_approvalrequest_decide"),
+               path("stats/", self.admin_site.admin_view(approval_stats_page),
+                    name="approvals_approvalrequest_stats")]
         return own + super().get_urls()
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",

@@ -319,6 +319,14 @@ LOGGING = {
 
 # --- Approvals ------------------------------------------------------------------------------
 APPROVAL_TTL_S = _int("APPROVAL_TTL_S", 24 * 3600, minimum=1)
+# A pending request older than this is "past SLA" in the approval analytics (approvals.analytics).
+APPROVAL_SLA_S = _int("APPROVAL_SLA_S", 3600, minimum=1)
+
+# --- Audit export ---------------------------------------------------------------------------
+# Ed25519 private key (PKCS#8 PEM) that signs audit exports; created with mode 0600 on first
+# use when missing (audit.signing). Its public key is served at /api/v1/audit/public-key.
+AUDIT_SIGNING_KEY_PATH = Path(env.str("AUDIT_SIGNING_KEY_PATH",
+                                      default=str(VAR_DIR / "secrets" / "audit_signing_key.pem")))
 
 # --- Server-sent events ---------------------------------------------------------------------
 API_SSE_POLL_S = _float("API_SSE_POLL_S", 0.5, minimum=0.05)

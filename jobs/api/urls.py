@@ -1,6 +1,6 @@
 from django.urls import path
 
-from jobs.api import control, operations, views
+from jobs.api import control, operations, policy, views
 
 urlpatterns = [
     path("jobs", views.JobListCreateView.as_view(), name="job-list"),
@@ -11,6 +11,7 @@ urlpatterns = [
     path("jobs/<str:job_id>/audit", views.JobAuditView.as_view(), name="job-audit"),
     path("jobs/<str:job_id>/events", views.JobEventsView.as_view(), name="job-events"),
     path("jobs/<str:job_id>/replay", operations.JobReplayView.as_view(), name="job-replay"),
+    path("policy/simulate", policy.PolicySimulateView.as_view(), name="policy-simulate"),
     path("sessions/<str:session_id>", control.SessionDetailView.as_view(), name="session-detail"),
     path("sessions/<str:session_id>/pause", control.SessionPauseView.as_view(), name="session-pause"),
     path("sessions/<str:session_id>/resume", control.SessionResumeView.as_view(), name="session-resume"),
