@@ -31,6 +31,7 @@ READY_TIMEOUT_S = 120.0
 JOB_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
 DEMO_TOKEN = "e2e" + "0" * 37  # a DRF token key is 40 characters
+REVIEWER_TOKEN = "rev" + "0" * 37
 SECRET = "tok-never-echo-3f9a"
 
 # Variables that would point the platform away from its embedded default.
@@ -99,7 +100,7 @@ def _request(url: str, *, token: str | None = None, body: dict[str, Any] | None 
 def _start(tmp_path: Path, var_dir: Path, *, run: int = 1) -> Platform:
     env = {k: v for k, v in os.environ.items() if k not in UNSET and not k.startswith("PYTEST_")}
     env.update({"PLATFORM_VAR_DIR": str(var_dir), "PLATFORM_DEMO_TOKEN": DEMO_TOKEN,
-                "PYTHONUNBUFFERED": "1"})
+                "PLATFORM_REVIEWER_TOKEN": REVIEWER_TOKEN, "PYTHONUNBUFFERED": "1"})
     port, flower_port = free_port(), free_port()
     log_path = tmp_path / f"runplatform-{run}.log"
     with log_path.open("wb") as out:
@@ -228,6 +229,33 @@ def test_runplatform_runs_jobs_shows_worker_in_flower_and_stops_cleanly(platform
         assert SECRET not in json.dumps(body)
     _, listing = _request(f"{platform.web}/api/v1/jobs?session_id=e2e", token=DEMO_TOKEN)
     assert {j["job_id"] for j in listing["results"]} == {noop["job_id"], store["job_id"]}
+
+    # when: a job that needs a human before its commit is submitted
+    status, reviewed = _request(
+        f"{platform.web}/api/v1/jobs", token=DEMO_TOKEN,
+        body={"job_type": "demo.reviewed_store_write", "session_id": "e2e",
+              "inputs": {"key": "e2e-reviewed", "data": {"n": 2}}},
+    )
+    assert status == 202, reviewed
+
+    # then: it waits for approval; the reviewer printed in the banner approves it; it commits
+    assert f"Reviewer   {REVIEWER_TOKEN}" in platform.log()
+
+    def pending() -> dict[str, Any] | None:
+        code, page = _request(f"{platform.web}/api/v1/approvals?status=pending", token=REVIEWER_TOKEN)
+        assert code == 200, page
+        return next((a for a in page["results"] if a["job_id"] == reviewed["job_id"]), None)
+
+    approval = wait_until(pending, timeout=JOB_TIMEOUT_S, interval=0.2, message="the approval request")
+    assert approval["job_status"] == "pending_approval", approval
+    status, body = _request(f"{platform.web}/api/v1/approvals/{approval['approval_id']}/approve",
+                            token=DEMO_TOKEN, body={"comment": "my own"})
+    assert status == 403 and body["code"] == "self_approval", body
+    status, body = _request(f"{platform.web}/api/v1/approvals/{approval['approval_id']}/approve",
+                            token=REVIEWER_TOKEN, body={"comment": "looks right"})
+    assert status == 200 and body["status"] == "approved", body
+    job = _wait_job(platform, reviewed["job_id"])
+    assert job["status"] == "succeeded" and job["result"]["key"] == "e2e-reviewed", job
 
     # then: Flower refuses anonymous callers and lists the worker, with its queues, to others
     status, _ = _request(f"{platform.flower}/api/workers")

