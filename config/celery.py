@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging.config
 import os
 
 from celery import Celery, signals
 from click import Option
+from django.conf import settings as django_settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -19,6 +21,16 @@ app.autodiscover_tasks()
 # ``user_preload_options`` signal before the command body runs (celery/bin/celery.py, the
 # ``preload_options`` loop; celery/bin/base.py ``handle_preload_options``), i.e. before the
 # worker forks its pool, so the children inherit the setting.
+
+
+@signals.setup_logging.connect
+def _use_django_logging(**_: object) -> None:
+    """Workers and beat log through ``settings.LOGGING`` (JSON lines, the job-context filter)
+    instead of Celery's own format: a connected receiver makes Celery skip its setup
+    (celery/app/log.py ``setup_logging_subsystem``); the level is LOG_LEVEL, not ``-l``."""
+    logging.config.dictConfig(django_settings.LOGGING)
+
+
 app.user_options["preload"].add(
     Option(["--scopes"], default=None, help="Comma-separated scopes this worker executes (default: all).")
 )

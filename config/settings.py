@@ -7,6 +7,7 @@ Malformed values fail fast with ImproperlyConfigured: a typo in a time limit mus
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -300,16 +301,49 @@ PLATFORM_RESTART_BURST = _int("PLATFORM_RESTART_BURST", 5, minimum=1)
 PLATFORM_RESTART_INTERVAL_S = _float("PLATFORM_RESTART_INTERVAL_S", 60.0, minimum=1.0)
 PLATFORM_RESTART_BACKOFF_MAX_S = _float("PLATFORM_RESTART_BACKOFF_MAX_S", 30.0, minimum=0.1)
 
+# --- Logs -----------------------------------------------------------------------------------
+# JSON lines on stderr (python-json-logger), one object per record. Workers and beat use this
+# too (config/celery.py keeps Celery from installing its own format). A worker's records carry
+# job_id, trace_id and run_id of the job it runs (jobs.logcontext.JobContextFilter); every job
+# transition is one INFO line of logger jobs.transitions with the fields listed in jobs/observe.py.
+# LOG_FORMAT=plain gives human-readable lines instead.
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
+if LOG_FORMAT not in {"json", "plain"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or plain, got {LOG_FORMAT!r}")
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"job_context": {"()": "jobs.logcontext.JobContextFilter"}},
     "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
+        },
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["job_context"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Metrics --------------------------------------------------------------------------------
+# prometheus-client in multiprocess mode: every process (gunicorn workers, prefork pool
+# processes) writes its samples to files in this directory and /metrics adds them up. The
+# library reads the environment variable when it is imported, so it is set here, before any app
+# imports it; runplatform sets it for its children and empties the directory at start. Empty
+# disables multiprocess mode (one process only).
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "metrics"))
+if PROMETHEUS_MULTIPROC_DIR:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", PROMETHEUS_MULTIPROC_DIR)
+# A scraper sends ``Authorization: Bearer <METRICS_TOKEN>``; staff users need no token.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Approvals ------------------------------------------------------------------------------
 APPROVAL_TTL_S = _int("APPROVAL_TTL_S", 24 * 3600, minimum=1)

@@ -9,6 +9,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("metrics", views.metrics, name="metrics"),
     path("admin/monitor/", include("jobs.monitor")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("jobs.urls")),

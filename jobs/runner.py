@@ -39,6 +39,8 @@ from governance.services import governance_recheck
 from jobs.context import JobContext, RunMonitor
 from jobs.dispatcher import dispatch_soon
 from jobs.errors import JobCancelled, PermanentError, PolicyViolation, TransientError, UnknownJobType
+from jobs.logcontext import bind_run
+from jobs.metrics import message_refused
 from jobs.models import EffectRecord, ErrorClass, Job, JobRun, JobStatus, RunOutcome, Stage, new_run_id
 from jobs.registry import JobType, registry
 from jobs.transitions import job_transition
@@ -71,6 +73,7 @@ def refuse(*, job_id: str, reason: str, worker: str, details: dict[str, Any] | N
         details={"reason": reason, "worker": worker, **(details or {})},
     )
     logger.warning("refused message for %s: %s", job_id, reason)
+    message_refused(reason=reason)
     return StageOutcome(job_id, "refused", reason)
 
 
@@ -269,6 +272,7 @@ def stage_run(*, job_id: Any, stage: Any, token: Any, worker: str, celery_task_i
     if isinstance(claimed, StageOutcome):
         return claimed
     job, run = claimed
+    bind_run(job=job, run=run)
     try:
         job_type: JobType | None = registry.get(job.job_type)
     except UnknownJobType:

@@ -100,8 +100,9 @@ def child_specs(*, host: str, port: int, flower_port: int, with_flower: bool, co
     if with_flower:
         # Credentials reach Flower through its FLOWER_BASIC_AUTH variable, not argv, so they do
         # not show in the process list.
+        # Flower keeps its own metrics in-process (its /metrics), out of the platform's directory.
         specs.append(ChildSpec("flower", [*celery, "flower", f"--address={host}", f"--port={flower_port}",
-                                          f"--logging={log_level.lower()}"],
+                                          f"--logging={log_level.lower()}"], env={"PROMETHEUS_MULTIPROC_DIR": ""},
                                 start_when=lambda: worker_answers(broker_url)))
     return specs
 
@@ -194,6 +195,15 @@ class Command(BaseCommand):
             token_key=os.environ.get("PLATFORM_REVIEWER_TOKEN") or None,
         )
         connections.close_all()  # the children open their own; keep no SQLite handle here
+
+        # Metrics: every child writes its samples under one directory (prometheus-client's
+        # multiprocess mode) that /metrics adds up; samples of a previous run are dropped.
+        if settings.PROMETHEUS_MULTIPROC_DIR:
+            metrics_dir = Path(settings.PROMETHEUS_MULTIPROC_DIR).resolve()
+            metrics_dir.mkdir(parents=True, exist_ok=True)
+            for stale in metrics_dir.glob("*.db"):
+                stale.unlink(missing_ok=True)
+            child_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
         # 4. children: the broker first, then the rest.
         host, port, flower_port = options["host"], options["port"], options["flower_port"]
