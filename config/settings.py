@@ -340,11 +340,14 @@ LOGGING = {
 # processes) writes its samples to files in this directory and /metrics adds them up. The
 # library reads the environment variable when it is imported, so it is set here, before any app
 # imports it; runplatform sets it for its children and empties the directory at start. Empty
-# disables multiprocess mode (one process only).
+# disables multiprocess mode (one process only): the library switches it on for the variable's
+# mere presence (and would then write to the working directory), so an empty one is removed.
 PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "metrics"))
 if PROMETHEUS_MULTIPROC_DIR:
     Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", PROMETHEUS_MULTIPROC_DIR)
+else:
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 # A scraper sends ``Authorization: Bearer <METRICS_TOKEN>``; staff users need no token.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 

@@ -82,6 +82,8 @@ class ChildSpec:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    # Variables removed from the environment this child inherits.
+    unset_env: tuple[str, ...] = ()
     # Start only once this returns True (polled), or after ``START_WAIT_S`` regardless.
     start_when: Callable[[], bool] | None = None
     # A foundation child (the embedded broker) is started before every other child, which are
@@ -218,7 +220,7 @@ class Supervisor:
         return child
 
     def _spawn(self, child: Child) -> None:
-        env = {**self.base_env, **child.spec.env}
+        env = {k: v for k, v in {**self.base_env, **child.spec.env}.items() if k not in child.spec.unset_env}
         # preexec_fn is unsafe only with threads; the supervisor starts none.
         popen = subprocess.Popen(
             child.spec.argv, cwd=self.cwd, env=env, start_new_session=True,

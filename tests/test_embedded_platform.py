@@ -287,6 +287,8 @@ def test_runplatform_runs_jobs_shows_worker_in_flower_and_stops_cleanly(platform
     while _alive(set(platform.child_pids.values())) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _alive(set(platform.child_pids.values())) == [], platform.log()[-3000:]
+    # and no process wrote metric files outside the platform's directory
+    assert sorted(p.name for p in ROOT.glob("*.db")) == []
 
 
 def _submit_noop(proc: Platform, session_id: str) -> dict[str, Any]:

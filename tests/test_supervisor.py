@@ -79,3 +79,16 @@ def test_a_child_is_restarted_after_it_exits_and_the_count_ages_out(tmp_path: Pa
     assert "once (pid" in log and "exited with code 7; restarting in 0.1s (exit 1 of 2 allowed in 60s)" in log, log
     assert log.count("started once pid") == 2, log
     assert "giving up" not in log
+
+
+def test_a_child_gets_the_base_environment_less_what_it_unsets(tmp_path: Path) -> None:
+    out = io.StringIO()
+    probe = tmp_path / "env.txt"
+    script = (f"import os, pathlib; pathlib.Path({str(probe)!r}).write_text("
+              "repr((os.environ.get('KEEP'), 'DROP' in os.environ, os.environ.get('OWN'))))")
+    spec = ChildSpec("probe", [sys.executable, "-c", script], env={"OWN": "3"}, unset_env=("DROP",))
+    supervisor = Supervisor(specs=[spec], cwd=Path.cwd(), base_env={"KEEP": "1", "DROP": "2"}, ready_urls=[],
+                            on_ready=lambda _: None, out=out, stop_timeout=5,
+                            restart=RestartPolicy(burst=1))
+    assert supervisor.run() == 1  # the probe exits at once; with burst 1 that ends the run
+    assert probe.read_text() == "('1', False, '3')"

@@ -102,7 +102,7 @@ def child_specs(*, host: str, port: int, flower_port: int, with_flower: bool, co
         # not show in the process list.
         # Flower keeps its own metrics in-process (its /metrics), out of the platform's directory.
         specs.append(ChildSpec("flower", [*celery, "flower", f"--address={host}", f"--port={flower_port}",
-                                          f"--logging={log_level.lower()}"], env={"PROMETHEUS_MULTIPROC_DIR": ""},
+                                          f"--logging={log_level.lower()}"], unset_env=("PROMETHEUS_MULTIPROC_DIR",),
                                 start_when=lambda: worker_answers(broker_url)))
     return specs
 
