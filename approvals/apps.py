@@ -11,3 +11,6 @@ class ApprovalsConfig(AppConfig):
     def ready(self) -> None:
         # Jobs reaches approvals only through the gate it declares (jobs.hooks).
         approval_gate_register(import_string("approvals.gate.ApprovalsGate")())
+        # Its analytics join /metrics (imported here: both modules import models).
+        register_collector = import_string("jobs.metrics.scrape_collector_register")
+        register_collector(import_string("approvals.metrics.ApprovalStatsCollector")())

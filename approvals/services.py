@@ -25,6 +25,7 @@ from governance.policy import policy_evaluate, redact_inputs
 from governance.secrets import decrypt_secrets
 from governance.selectors import missing_permissions, principal_grants
 from jobs.admission.dispatcher import dispatch_soon
+from jobs.metrics import approval_decided
 from jobs.models import ErrorClass, Job, JobStatus
 from jobs.registry import registry
 from jobs.services.submit import validate_inputs
@@ -117,6 +118,9 @@ def _decide(
         approvals_expire(now=now, ids=[approval.pk])
         raise DomainError("expired", "this approval request has expired")
     request.refresh_from_db()
+    if request.decided_at is not None:
+        approval_decided(checkpoint=request.checkpoint, decision=request.status, requested_at=request.created_at,
+                         decided_at=request.decided_at)
     return request
 
 

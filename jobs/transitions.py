@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from audit.services import SYSTEM_ACTOR, stamp_append, stamps_append_bulk
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus
+from jobs.observe import bulk_observed, creation_observed, ids_of, transition_observed
 
 S = JobStatus
 
@@ -95,6 +96,8 @@ def job_transition(
             details=details,
             at=now,
         )
+        transition_observed(job_id=job_id, event=event, actor=actor, from_status=current, to_status=to,
+                            details=details)
     return current
 
 
@@ -113,6 +116,7 @@ def job_created_stamp(
         at=job.created_at,
         genesis=True,
     )
+    creation_observed(job=job, event=event, actor=actor, details=details)
 
 
 # Ids per UPDATE: keeps every statement's parameter list well under SQLite's limit.
@@ -149,11 +153,13 @@ def jobs_transition_bulk(
         fields.update(finished_at=now, lease_expires_at=None, dispatched_at=None)
     fields.update(updates or {})
     moved: dict[str, list[str]] = {}
+    seen: dict[str, tuple[str, str]] = {}
     with transaction.atomic():
         for from_status in allowed:
             # of=self: a selection joined to other tables (e.g. by username) locks only jobs.
             locked = base.filter(status=from_status).order_by("pk").select_for_update(of=("self",))
-            ids = list(locked.values_list("pk", flat=True))
+            ids, info = ids_of(locked.values_list("pk", "job_type", "trace_id"))
+            seen.update(info)
             if not ids:
                 continue
             for start in range(0, len(ids), BULK_CHUNK):
@@ -165,4 +171,5 @@ def jobs_transition_bulk(
             for prior, ids in moved.items()
             for job_id in ids
         ])
+        bulk_observed(moved=moved, jobs=seen, to_status=to, event=event, actor=actor, details=details)
     return moved

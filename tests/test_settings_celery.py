@@ -39,7 +39,7 @@ def test_every_celery_setting_is_a_known_celery_key() -> None:
     ours = {name[len("CELERY_"):] for name in dir(settings) if name.startswith("CELERY_")}
     # then each one is a real Celery setting (ours that are not are platform knobs, listed here)
     # DB_REUSE_MAX is read by Celery's Django fixup, not its defaults table (checked below).
-    platform_knobs = {"VISIBILITY_TIMEOUT_S", "POLLING_INTERVAL_S", "DB_REUSE_MAX"}
+    platform_knobs = {"VISIBILITY_TIMEOUT_S", "DB_REUSE_MAX"}
     unknown = {name for name in ours if name not in known} - platform_knobs
     assert not unknown, f"CELERY_ settings Celery does not know (typo?): {sorted(unknown)}"
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from audit.models import AuditStamp
 from jobs.models import Job, JobRun, JobStatus
@@ -15,7 +17,10 @@ from tests.harness import race
 
 
 def _queued_job(principal: Any, job_type: str = "demo.noop") -> Job:
-    result = job_submit(principal=principal.user, spec=SubmitSpec(job_type=job_type, inputs={}, session_id="s"))
+    # Held back from the dispatcher by a far run_after: a worker left running by an earlier test
+    # in the session must not claim it before the race does.
+    result = job_submit(principal=principal.user, spec=SubmitSpec(
+        job_type=job_type, inputs={}, session_id="s", run_after=timezone.now() + timedelta(hours=1)))
     return result.job
 
 

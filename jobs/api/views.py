@@ -28,6 +28,7 @@ from jobs.api.serializers import (
     SubmitSerializer,
     submit_body,
 )
+from jobs.logcontext import trace_id_from_traceparent
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus
 from jobs.selectors import job_get, job_list, job_runs
 from jobs.services.submit import SubmitSpec, job_submit
@@ -85,7 +86,8 @@ class JobListCreateView(ListAPIView):
             priority=data.get("priority", 0),
             run_after=data.get("run_after"),
             constraints=data.get("constraints") or {},
-            trace_id=data.get("trace_id", ""),
+            # A W3C traceparent header makes the job part of the caller's trace.
+            trace_id=data.get("trace_id", "") or trace_id_from_traceparent(request.headers.get("traceparent")),
             correlation_id=data.get("correlation_id", ""),
             conversation_id=data.get("conversation_id", ""),
             callback_url=data.get("callback_url", ""),

@@ -26,6 +26,7 @@ from audit.services import stamp_append
 from governance.secrets import decrypt_secrets, secret_strings, secrets_scrub
 from jobs.admission.dispatcher import dispatch_soon
 from jobs.hooks import approval_open
+from jobs.metrics import message_refused
 from jobs.models import ErrorClass, Job, JobRun, JobStatus, RunOutcome, Stage
 from jobs.registry import JobType
 from jobs.services.submit import next_stage_status
@@ -61,6 +62,7 @@ def refuse(*, job_id: str, reason: str, worker: str, details: dict[str, Any] | N
         details={"reason": reason, "worker": worker, **(details or {})},
     )
     logger.warning("refused message for %s: %s", job_id, reason)
+    message_refused(reason=reason)
     return StageOutcome(job_id, "refused", reason)
 
 

@@ -34,6 +34,7 @@ from governance.secrets import decrypt_secrets
 from jobs.checkpoints import checkpoint_before
 from jobs.errors import JobCancelled, PermanentError, UnknownJobType
 from jobs.hooks import approval_gate
+from jobs.logcontext import bind_run
 from jobs.models import EffectRecord, ErrorClass, Job, JobRun, JobStatus, Stage, new_run_id
 from jobs.registry import JobType, registry
 from jobs.transitions import job_transition
@@ -195,6 +196,7 @@ def stage_run(*, job_id: Any, stage: Any, token: Any, worker: str, celery_task_i
     if isinstance(claimed, StageOutcome):
         return claimed
     job, run = claimed
+    bind_run(job=job, run=run)
     try:
         job_type: JobType | None = registry.get(job.job_type)
     except UnknownJobType:

