@@ -101,11 +101,10 @@ _retrying_fixture_teardown()
 
 @pytest.fixture
 def make_principal(db: None) -> Any:
-    from governance.services import principal_ensure
+    from tests.factories import DEFAULT_GRANTS, PrincipalFactory
 
-    def make(username: str = "agent", grants: tuple[str, ...] = ("demo:*", "store:write", "net:call"),
-             **kwargs: Any) -> Any:
-        return principal_ensure(username=username, grants=list(grants), **kwargs)
+    def make(username: str = "agent", grants: tuple[str, ...] = DEFAULT_GRANTS, **kwargs: Any) -> Any:
+        return PrincipalFactory.create(username=username, grants=grants, **kwargs)
 
     return make
 
