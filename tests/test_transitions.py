@@ -11,6 +11,7 @@ from jobs.models import Job, JobRun, JobStatus
 from jobs.services.submit import SubmitSpec, job_submit
 from jobs.transitions import IllegalTransition, job_transition
 from jobs.worker.runner import stage_run
+from tests.factories import admit
 from tests.harness import race
 
 
@@ -48,9 +49,9 @@ def test_racing_claims_of_the_same_message_run_the_handler_once(principal: Any) 
         spec=SubmitSpec(job_type="demo.local_store_write", inputs={"key": "race", "data": {}}, session_id="s",
                         run_after=timezone.now() + timedelta(hours=1)),
     ).job
-    Job.objects.filter(pk=job.id).update(dispatch_token="tok", dispatched_at=timezone.now())
+    token = admit(job)
     # when two deliveries of its execute message are handled at once
-    results = race(2, lambda i: stage_run(job_id=job.id, stage="execute", token="tok", worker=f"w{i}"))
+    results = race(2, lambda i: stage_run(job_id=job.id, stage="execute", token=token, worker=f"w{i}"))
     # then one ran the stage and the other was refused and stamped
     outcomes = sorted(r.outcome for r in results)
     assert outcomes == ["advanced", "refused"], results
