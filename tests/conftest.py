@@ -121,6 +121,21 @@ def api(principal: Any) -> APIClient:
     return client
 
 
+# --- time -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock() -> Iterator[Any]:
+    """The clock of this process, stopped at the test's start; the test moves it (``shift``,
+    ``move_to``). Worker processes keep real time: only tests that run the code under test in
+    this process stop the clock."""
+    import time_machine
+    from django.utils import timezone
+
+    with time_machine.travel(timezone.now(), tick=False) as traveller:
+        yield traveller
+
+
 # --- real workers -----------------------------------------------------------------------------
 
 

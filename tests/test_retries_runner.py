@@ -8,7 +8,6 @@ running out), so every timestamp is the one the code under test wrote.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -29,14 +28,7 @@ from jobs.worker.reaper import reap_expired_leases
 from jobs.worker.runner import stage_run
 from tests.factories import JobFactory, admit, claim
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def clock() -> Iterator[time_machine.Traveller]:
-    """The clock is stopped; the test moves it."""
-    with time_machine.travel(timezone.now(), tick=False) as traveller:
-        yield traveller
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clock")]
 
 
 def _submit(principal: Any, job_type: str, inputs: dict[str, Any] | None = None) -> Job:
