@@ -9,6 +9,8 @@
 - ``JobRunFactory``, ``PolicyRuleFactory``.
 - ``admit(job)``: the job admitted as the dispatcher admits it, nothing published.
 - ``claim(job)``: the job claimed as a worker claims it (run, lease), no handler run.
+- ``advance(job, *statuses)``: an existing job moved on through ``statuses``, as the platform
+  moves it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from governance.services import PrincipalResult, principal_ensure
 from jobs.hooks import approval_gate
 from jobs.models import Job, JobRun, JobStatus
 from jobs.registry import JobType, registry
-from jobs.transitions import job_created_stamp, job_transition
+from jobs.transitions import check_legal, job_created_stamp, job_transition
 from jobs.worker.runner import job_claim
 
 DEFAULT_GRANTS = ("demo:*", "store:write", "net:call")
@@ -53,7 +55,24 @@ EVENT_INTO: dict[str, str] = {
     S.SUCCEEDED: Event.SUCCEEDED,
     S.DEAD_LETTERED: Event.DEAD_LETTERED,
     S.CANCELLED: Event.CANCELLED,
+    S.PENDING_APPROVAL: Event.APPROVAL_REQUIRED,
 }
+
+# Back to queued, the event says from where.
+EVENT_REQUEUED: dict[str, str] = {
+    S.RUNNING: Event.STAGE_COMPLETED,
+    S.RETRY_SCHEDULED: Event.RETRY_DUE,
+    S.PENDING_APPROVAL: Event.APPROVED,
+    S.DEAD_LETTERED: Event.REPLAYED,
+}
+
+
+def _step(job_id: str, prior: str, to: str) -> None:
+    check_legal(prior, to)
+    event = EVENT_REQUEUED[prior] if to == S.QUEUED else EVENT_INTO[to]
+    moved = job_transition(job_id=job_id, to=to, allowed_from=[prior], event=event,
+                           details={"error_class": "", "retry_count": 0})
+    assert moved == prior, f"{job_id} is not {prior}"
 
 
 class PrincipalFactory(factory.Factory[PrincipalResult]):
@@ -133,8 +152,7 @@ class JobFactory(DjangoModelFactory[Job]):
             approval_gate().open(job=job, checkpoint=job.approval_checkpoint,
                                  approvers=max(1, int(job.policy_decision.get("approvers") or 1)))
         for prior, to in pairwise((first, *rest)):
-            job_transition(job_id=job.id, to=to, allowed_from=[prior], event=EVENT_INTO[to],
-                           details={"error_class": "", "retry_count": 0})
+            _step(job.id, prior, to)
         job.refresh_from_db()
         return job
 
@@ -202,3 +220,18 @@ def claim(job: Job | str, *, worker: str = "w-factory") -> JobRun:
     if isinstance(job, Job):
         job.refresh_from_db()
     return claimed[1]
+
+
+def advance(job: Job | str, *statuses: str) -> None:
+    """Move an existing job on through ``statuses``, in order, as the platform moves it: into
+    ``running`` by the worker's claim (:func:`claim`: a run with its own id, a lease), every other
+    step by the guarded transition with its stamp. An illegal step raises ``IllegalTransition``."""
+    job_id = job if isinstance(job, str) else job.pk
+    for to in statuses:
+        prior = Job.objects.values_list("status", flat=True).get(pk=job_id)
+        if to == S.RUNNING:
+            claim(job_id)
+        else:
+            _step(job_id, prior, to)
+    if isinstance(job, Job):
+        job.refresh_from_db()

@@ -10,8 +10,9 @@ from approvals.models import ApprovalRequest, ApprovalStatus
 from audit.models import AuditStamp
 from audit.selectors import audit_verify
 from jobs.models import Job, JobRun, JobStatus, RunOutcome
+from jobs.transitions import IllegalTransition
 from jobs.worker.runner import job_claim
-from tests.factories import JobFactory, admit, claim
+from tests.factories import JobFactory, admit, advance, claim
 
 pytestmark = pytest.mark.django_db
 
@@ -61,3 +62,18 @@ def test_create_bulk_writes_rows_only(principal: Any) -> None:
     jobs = JobFactory.create_bulk(5, principal=principal.user, session_id="bulk")
     assert Job.objects.filter(session_id="bulk").count() == 5 == len({j.id for j in jobs})
     assert not AuditStamp.objects.filter(job_id__in=[j.id for j in jobs]).exists()
+
+
+def test_advance_moves_a_job_as_the_platform_does(principal: Any) -> None:
+    # given a queued job
+    job = JobFactory.create(principal=principal.user)
+    # when it is claimed, retried, claimed again and finishes
+    advance(job, JobStatus.RUNNING, JobStatus.RETRY_SCHEDULED, JobStatus.QUEUED, JobStatus.RUNNING,
+            JobStatus.SUCCEEDED)
+    # then each claim opened a run of its own, the second with a fresh id, and the trail verifies
+    runs = list(JobRun.objects.filter(job=job).order_by("attempt").values_list("run_id", flat=True))
+    assert job.status == JobStatus.SUCCEEDED and runs[0] == job.first_run_id and len(set(runs)) == 2
+    assert audit_verify(job_id=job.id).ok
+    # and an illegal step is refused
+    with pytest.raises(IllegalTransition):
+        advance(job, JobStatus.QUEUED)
