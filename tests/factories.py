@@ -182,10 +182,11 @@ class JobRunFactory(DjangoModelFactory[JobRun]):
 
 
 class PolicyRuleFactory(DjangoModelFactory[PolicyRule]):
+    """A policy rule that matches every job type and allows it, unless told otherwise."""
+
     class Meta:
         model = PolicyRule
 
-    order = factory.Sequence(lambda n: n + 1)
     name = factory.Sequence(lambda n: f"rule-{n + 1}")
     job_type = "*"
     decision = "allow"

@@ -13,10 +13,10 @@ from rest_framework.test import APIClient
 from approvals.models import ApprovalRequest
 from audit.models import AuditStamp
 from examples.models import ExternalRecord
-from governance.models import PolicyRule
 from jobs.models import Job, JobRun
 from jobs.services.operations import job_rollback
 from tests.conftest import wait_status
+from tests.factories import PolicyRuleFactory
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.integration
@@ -136,8 +136,8 @@ def test_self_approval_and_missing_permission_are_refused(live: Any, submit: Any
 
 def test_two_distinct_approvers_are_needed(live: Any, submit: Any, make_principal: Any) -> None:
     # given a rule asking for two approvers for this job type
-    PolicyRule.objects.create(order=1, name="two-eyes", job_type="demo.reviewed_store_write",
-                              decision="require_approval", approvers=2)
+    PolicyRuleFactory.create(order=1, name="two-eyes", job_type="demo.reviewed_store_write",
+                             decision="require_approval", approvers=2)
     first, _ = client_for(make_principal, "rev-one", ("approve:store",))
     second, _ = client_for(make_principal, "rev-two", ("approve:*",))
     job_id = submit_reviewed(submit, "k-two")
@@ -160,8 +160,8 @@ def test_modified_inputs_are_revalidated_and_rechecked_by_policy(
     live: Any, submit: Any, reviewer: APIClient
 ) -> None:
     # given a rule blocking large amounts and a job drafted with a small one
-    PolicyRule.objects.create(order=1, name="cap", job_type="demo.*", decision="block", reason="amount over cap",
-                              conditions=[{"path": "data.amount", "op": "gt", "value": 1000}])
+    PolicyRuleFactory.create(order=1, name="cap", job_type="demo.*", decision="block", reason="amount over cap",
+                             conditions=[{"path": "data.amount", "op": "gt", "value": 1000}])
     job_id = submit_reviewed(submit, "k-mod", {"amount": 10})
     approval = pending_approval(job_id)
     url = f"/api/v1/approvals/{approval.pk}/approve"

@@ -18,11 +18,11 @@ from django.utils import timezone
 from audit.models import AuditStamp
 from config.celery import app
 from examples.models import ExternalRecord
-from governance.models import PolicyRule
 from governance.services import grant_revoke
 from jobs.models import Job, JobRun
 from tests import harness
 from tests.conftest import wait_status
+from tests.factories import PolicyRuleFactory
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.integration
@@ -70,8 +70,8 @@ def test_policy_turned_to_block_after_submit_stops_execution(live: Any, submit: 
     # given an admitted job, then an operator adds a rule blocking its type
     job = held_back(submit, "k-blocked-later")
     allowed_version = job.policy_decision["policy_version"]
-    rule = PolicyRule.objects.create(order=1, name="freeze store", job_type="demo.local_store_*",
-                                     decision="block", reason="store frozen for audit")
+    rule = PolicyRuleFactory.create(order=1, name="freeze store", job_type="demo.local_store_*",
+                                    decision="block", reason="store frozen for audit")
     # when it reaches a worker
     release(job)
     dead = wait_status(job.id, "dead_lettered")
@@ -86,7 +86,7 @@ def test_policy_turned_to_block_after_submit_stops_execution(live: Any, submit: 
 
 def test_worker_stamps_the_policy_it_checked_on_success(live: Any, submit: Any) -> None:
     # given an allow rule for the type
-    rule = PolicyRule.objects.create(order=1, name="noop ok", job_type="demo.noop", decision="allow")
+    rule = PolicyRuleFactory.create(order=1, name="noop ok", job_type="demo.noop", decision="allow")
     # when a job runs
     job = wait_status(submit("demo.noop", {}).json()["job_id"], "succeeded")
     # then the success stamp records the worker's decision: rule, version, path, worker, model version
@@ -227,8 +227,8 @@ def test_policy_turned_to_require_approval_after_submit_parks_the_job_for_a_huma
 
     # given an admitted store write, held back, and a rule added afterwards that wants a review
     job = held_back(submit, "k-late-review")
-    PolicyRule.objects.create(order=1, name="review store writes", job_type="demo.local_store_write",
-                              decision="require_approval", approvers=1, checkpoint="before_execute")
+    PolicyRuleFactory.create(order=1, name="review store writes", job_type="demo.local_store_write",
+                             decision="require_approval", approvers=1, checkpoint="before_execute")
     # when a worker picks it up
     release(job)
     parked = wait_status(job.pk, "pending_approval", timeout=30)
