@@ -178,6 +178,23 @@ def wait_status(job_id: str, statuses: set[str] | str, timeout: float = 30.0) ->
         ) from None
 
 
+def wait_dispatch_ticks(principal: Any, n: int = 2, timeout: float = 30.0) -> None:
+    """Return once the beat's dispatch tick has made ``n`` whole passes after this call.
+
+    Only that tick promotes a due retry (stamped ``retry_due``), and the same tick's dispatch
+    pass then admits it. So a sentinel no-op made ``retry_scheduled`` and due now that has
+    succeeded proves a tick that began after the call promoted, admitted and published, and a
+    worker ran what it published; one sentinel at a time, in a session of its own. A barrier
+    for "the dispatcher had its chance and nothing happened", in place of a fixed sleep.
+    """
+    from jobs.models import JobStatus
+    from tests.factories import JobFactory
+
+    for _ in range(n):
+        sentinel = JobFactory.create(principal=principal, session_id="tick-barrier", status=JobStatus.RETRY_SCHEDULED)
+        wait_status(sentinel.id, JobStatus.SUCCEEDED, timeout=timeout)
+
+
 @pytest.fixture
 def submit(api: APIClient) -> Any:
     def do(job_type: str, inputs: dict[str, Any] | None = None, *, session_id: str = "s-test",

@@ -192,21 +192,26 @@ class PolicyRuleFactory(DjangoModelFactory[PolicyRule]):
     decision = "allow"
 
 
-def admit(job: Job | str) -> str:
+def admit(job: Job | str, *, release: bool = False) -> str:
     """Admit a queued job as the dispatcher does (step 4 in ``jobs.admission.dispatcher``):
     ``dispatched_at`` now and a fresh random dispatch token, in one UPDATE guarded on
     ``queued``; return the token a genuine message for it carries.
 
-    Nothing is published — the test sends (or forges) the messages it means to — and
-    ``run_after`` is left as it is, so a job held back from the live dispatcher by a far
-    ``run_after`` stays out of its reach.
+    Nothing is published: the test sends (or forges) the messages it means to. ``run_after`` is
+    left as it is, so a job held back from the live dispatcher by a far ``run_after`` stays out
+    of its reach; ``release=True`` lets it pass now in the same UPDATE (so no dispatcher ever
+    sees the job ready and not admitted), and its later stages are then dispatched as usual.
     """
     job_id = job if isinstance(job, str) else job.pk
     now, token = timezone.now(), secrets.token_urlsafe(16)
-    marked = Job.objects.filter(pk=job_id, status=S.QUEUED).update(dispatched_at=now, dispatch_token=token)
+    fields: dict[str, Any] = {"dispatched_at": now, "dispatch_token": token}
+    if release:
+        fields["run_after"] = now
+    marked = Job.objects.filter(pk=job_id, status=S.QUEUED).update(**fields)
     assert marked == 1, f"{job_id} is not queued: only a queued job can be admitted"
     if isinstance(job, Job):
-        job.dispatched_at, job.dispatch_token = now, token
+        for name, value in fields.items():
+            setattr(job, name, value)
     return token
 
 

@@ -22,7 +22,7 @@ from governance.services import grant_revoke
 from jobs.models import Job, JobRun
 from tests import harness
 from tests.conftest import wait_status
-from tests.factories import PolicyRuleFactory
+from tests.factories import PolicyRuleFactory, admit
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.integration
@@ -128,9 +128,8 @@ def test_scope_locked_worker_refuses_and_a_worker_for_the_scope_runs_it(live: An
     try:
         # and a "store" job whose message is (mis)routed to that queue
         job = held_back(submit, "k-scope")
-        Job.objects.filter(pk=job.pk).update(run_after=timezone.now(), dispatched_at=timezone.now(),
-                                             dispatch_token="tok-scope")
-        app.send_task("jobs.execute", args=[job.id, "execute", "tok-scope"], queue="execute.crm")
+        token = admit(job, release=True)
+        app.send_task("jobs.execute", args=[job.id, "execute", token], queue="execute.crm")
         # when the crm worker takes it, it refuses with a stamp, and the job goes back to queued
         refusal = wait_until(lambda: AuditStamp.objects.filter(job_id=job.id, event="scope_refused").first(),
                              timeout=30, message="scope refusal stamp")
@@ -170,15 +169,15 @@ def test_scope_queues_route_jobs_to_their_scope_workers(live: Any, submit: Any, 
 def test_forged_messages_are_refused_stamped_and_never_executed(live: Any, submit: Any) -> None:
     # given an admitted job with a known dispatch token that no dispatcher will publish
     job = held_back(submit, "k-forged")
-    Job.objects.filter(pk=job.pk).update(dispatched_at=timezone.now(), dispatch_token="tok-real")
+    token = admit(job)
     # when messages with forged fields are sent straight to the queues
-    app.send_task("jobs.execute", args=[job.id, "finalize", "tok-real"], queue="execute")  # wrong stage
-    app.send_task("jobs.finalize", args=[job.id, "finalize", "tok-real"], queue="finalize")  # job is at execute
+    app.send_task("jobs.execute", args=[job.id, "finalize", token], queue="execute")  # wrong stage
+    app.send_task("jobs.finalize", args=[job.id, "finalize", token], queue="finalize")  # job is at execute
     app.send_task("jobs.execute", args=[job.id, "execute", "tok-forged"], queue="execute")  # forged token
-    app.send_task("jobs.execute", args=[job.id, "execute", "tok-real", {"as": "root"}], queue="execute")  # extra
-    app.send_task("jobs.execute", args=[job.id, "execute"], kwargs={"token": "tok-real", "principal": 1},
+    app.send_task("jobs.execute", args=[job.id, "execute", token, {"as": "root"}], queue="execute")  # extra
+    app.send_task("jobs.execute", args=[job.id, "execute"], kwargs={"token": token, "principal": 1},
                   queue="execute")  # extra kwarg
-    app.send_task("jobs.execute", args=[12345, "execute", "tok-real"], queue="execute")  # non-string id
+    app.send_task("jobs.execute", args=[12345, "execute", token], queue="execute")  # non-string id
     app.send_task("jobs.execute", args=["job_nosuchjob123", "execute", "x"], queue="execute")  # unknown id
     # then each is refused with its reason, stamped
     expected = ["malformed_stage", "stage_mismatch", "dispatch_token_mismatch", "malformed_message",
