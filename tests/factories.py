@@ -20,6 +20,7 @@ from itertools import pairwise
 from typing import Any
 
 import factory
+from django.db import transaction
 from django.utils import timezone
 from factory.django import DjangoModelFactory
 
@@ -142,17 +143,19 @@ class JobFactory(DjangoModelFactory[Job]):
     def _create(cls, model_class: Any, *args: Any, **kwargs: Any) -> Job:
         first, *rest = PATH_TO[kwargs.pop("status")]
         kwargs.setdefault("submitted_status", first)
-        job: Job = super()._create(model_class, *args, status=first, **kwargs)
-        job_created_stamp(
-            job=job, event=Event.BLOCKED if first == S.BLOCKED else Event.SUBMITTED,
-            actor=f"principal:{job.principal.get_username()}",
-            details={"policy": job.policy_decision, "session_id": job.session_id, "trace_id": job.trace_id},
-        )
-        if first == S.PENDING_APPROVAL:
-            approval_gate().open(job=job, checkpoint=job.approval_checkpoint,
-                                 approvers=max(1, int(job.policy_decision.get("approvers") or 1)))
-        for prior, to in pairwise((first, *rest)):
-            _step(job.id, prior, to)
+        # One transaction: live workers and dispatchers see the job only in its final status.
+        with transaction.atomic():
+            job: Job = super()._create(model_class, *args, status=first, **kwargs)
+            job_created_stamp(
+                job=job, event=Event.BLOCKED if first == S.BLOCKED else Event.SUBMITTED,
+                actor=f"principal:{job.principal.get_username()}",
+                details={"policy": job.policy_decision, "session_id": job.session_id, "trace_id": job.trace_id},
+            )
+            if first == S.PENDING_APPROVAL:
+                approval_gate().open(job=job, checkpoint=job.approval_checkpoint,
+                                     approvers=max(1, int(job.policy_decision.get("approvers") or 1)))
+            for prior, to in pairwise((first, *rest)):
+                _step(job.id, prior, to)
         job.refresh_from_db()
         return job
 
