@@ -1,4 +1,4 @@
-"""Factories for the suite, and the two moves tests used to fake by hand.
+"""Factories for the suite, and the moves on a job that tests used to fake by hand.
 
 - ``PrincipalFactory``: a principal as ``principal_ensure`` makes it (user, grants, API token).
 - ``JobFactory``: a job envelope as ``job_submit`` writes it for the job type's registered
@@ -56,20 +56,21 @@ EVENT_INTO: dict[str, str] = {
     S.SUCCEEDED: Event.SUCCEEDED,
     S.DEAD_LETTERED: Event.DEAD_LETTERED,
     S.CANCELLED: Event.CANCELLED,
-    S.PENDING_APPROVAL: Event.APPROVAL_REQUIRED,
 }
 
 # Back to queued, the event says from where.
 EVENT_REQUEUED: dict[str, str] = {
     S.RUNNING: Event.STAGE_COMPLETED,
     S.RETRY_SCHEDULED: Event.RETRY_DUE,
-    S.PENDING_APPROVAL: Event.APPROVED,
     S.DEAD_LETTERED: Event.REPLAYED,
 }
 
 
 def _step(job_id: str, prior: str, to: str) -> None:
     check_legal(prior, to)
+    if S.PENDING_APPROVAL in (prior, to):
+        # A review opens and closes with its request: go through the approvals services.
+        raise NotImplementedError("into or out of pending_approval: use the approvals services")
     event = EVENT_REQUEUED[prior] if to == S.QUEUED else EVENT_INTO[to]
     moved = job_transition(job_id=job_id, to=to, allowed_from=[prior], event=event,
                            details={"error_class": "", "retry_count": 0})
@@ -143,6 +144,9 @@ class JobFactory(DjangoModelFactory[Job]):
     def _create(cls, model_class: Any, *args: Any, **kwargs: Any) -> Job:
         first, *rest = PATH_TO[kwargs.pop("status")]
         kwargs.setdefault("submitted_status", first)
+        if first == S.BLOCKED:  # refused at submit: terminal from the start, as job_submit writes it
+            kwargs.setdefault("finished_at", kwargs["created_at"])
+            kwargs.setdefault("error_class", "policy_violation")
         # One transaction: live workers and dispatchers see the job only in its final status.
         with transaction.atomic():
             job: Job = super()._create(model_class, *args, status=first, **kwargs)
