@@ -101,11 +101,10 @@ _retrying_fixture_teardown()
 
 @pytest.fixture
 def make_principal(db: None) -> Any:
-    from governance.services import principal_ensure
+    from tests.factories import DEFAULT_GRANTS, PrincipalFactory
 
-    def make(username: str = "agent", grants: tuple[str, ...] = ("demo:*", "store:write", "net:call"),
-             **kwargs: Any) -> Any:
-        return principal_ensure(username=username, grants=list(grants), **kwargs)
+    def make(username: str = "agent", grants: tuple[str, ...] = DEFAULT_GRANTS, **kwargs: Any) -> Any:
+        return PrincipalFactory.create(username=username, grants=grants, **kwargs)
 
     return make
 
@@ -120,6 +119,21 @@ def api(principal: Any) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {principal.token}")
     return client
+
+
+# --- time -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock() -> Iterator[Any]:
+    """The clock of this process, stopped at the test's start; the test moves it (``shift``,
+    ``move_to``). Worker processes keep real time: only tests that run the code under test in
+    this process stop the clock."""
+    import time_machine
+    from django.utils import timezone
+
+    with time_machine.travel(timezone.now(), tick=False) as traveller:
+        yield traveller
 
 
 # --- real workers -----------------------------------------------------------------------------
@@ -162,6 +176,23 @@ def wait_status(job_id: str, statuses: set[str] | str, timeout: float = 30.0) ->
             f"{job_id} did not reach {sorted(wanted)} in {timeout}s; it is "
             f"{job.status if job else 'missing'} ({job.error if job else ''})"
         ) from None
+
+
+def wait_dispatch_ticks(principal: Any, n: int = 2, timeout: float = 30.0) -> None:
+    """Return once the beat's dispatch tick has made ``n`` whole passes after this call.
+
+    Only that tick promotes a due retry (stamped ``retry_due``), and the same tick's dispatch
+    pass then admits it. So a sentinel no-op made ``retry_scheduled`` and due now that has
+    succeeded proves a tick that began after the call promoted, admitted and published, and a
+    worker ran what it published; one sentinel at a time, in a session of its own. A barrier
+    for "the dispatcher had its chance and nothing happened", in place of a fixed sleep.
+    """
+    from jobs.models import JobStatus
+    from tests.factories import JobFactory
+
+    for _ in range(n):
+        sentinel = JobFactory.create(principal=principal, session_id="tick-barrier", status=JobStatus.RETRY_SCHEDULED)
+        wait_status(sentinel.id, JobStatus.SUCCEEDED, timeout=timeout)
 
 
 @pytest.fixture

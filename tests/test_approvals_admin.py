@@ -11,9 +11,9 @@ from django.test import Client
 from approvals.models import ApprovalRequest
 from audit.models import AuditStamp
 from examples.models import ExternalRecord
-from governance.models import PolicyRule
 from jobs.models import Job, JobRun
 from tests.conftest import wait_status
+from tests.factories import PolicyRuleFactory
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.integration
@@ -94,10 +94,10 @@ def test_admin_two_approvers_and_modified_inputs(
     live: Any, submit: Any, reviewer: Client, make_principal: Any
 ) -> None:
     # given two approvers required and a cap on amounts
-    PolicyRule.objects.create(order=1, name="cap", job_type="demo.*", decision="block",
-                              conditions=[{"path": "data.amount", "op": "gt", "value": 1000}])
-    PolicyRule.objects.create(order=2, name="two-eyes", job_type="demo.reviewed_store_write",
-                              decision="require_approval", approvers=2)
+    PolicyRuleFactory.create(order=1, name="cap", job_type="demo.*", decision="block",
+                             conditions=[{"path": "data.amount", "op": "gt", "value": 1000}])
+    PolicyRuleFactory.create(order=2, name="two-eyes", job_type="demo.reviewed_store_write",
+                             decision="require_approval", approvers=2)
     other = staff_client(make_principal, "reviewer2", ("approve:store",))
     job_id = submit("demo.reviewed_store_write", {"key": "a-two", "data": {"amount": 1}}).json()["job_id"]
     approval = pending(job_id)

@@ -13,10 +13,10 @@ from rest_framework.test import APIClient
 from approvals.models import ApprovalRequest
 from audit.models import AuditStamp
 from examples.models import ExternalRecord
-from governance.models import PolicyRule
 from jobs.models import Job, JobRun
 from jobs.services.operations import job_rollback
 from tests.conftest import wait_status
+from tests.factories import PolicyRuleFactory
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ def submit_reviewed(submit: Any, key: str, data: dict[str, Any] | None = None) -
     return str(body["job_id"])
 
 
-def test_approve_then_commit_and_rollback(live: Any, submit: Any, reviewer: APIClient) -> None:
+def test_approve_then_commit_and_rollback(live: Any, submit: Any, reviewer: APIClient, make_principal: Any) -> None:
     # given a high-risk job that drafted its change and waits for review before commit
     job_id = submit_reviewed(submit, "k-approve")
     job = wait_status(job_id, "pending_approval")
@@ -74,9 +74,7 @@ def test_approve_then_commit_and_rollback(live: Any, submit: Any, reviewer: APIC
     assert ("approval_granted", "principal:reviewer") in events(job_id)
     assert ("approved", "principal:reviewer") in events(job_id)
     # and an operator can roll the commit back, once, stamped
-    from governance.services import principal_ensure
-
-    ops = principal_ensure(username="ops", grants=[], staff=True).user
+    ops = make_principal("ops", (), staff=True).user
     assert job_rollback(job=job, actor=ops) == {"deleted": 1}
     assert ExternalRecord.objects.filter(key="k-approve").count() == 0
     assert ("rolled_back", "principal:ops") in events(job_id)
@@ -115,9 +113,8 @@ def test_expired_request_cancels_the_job(live: Any, submit: Any, reviewer: APICl
 def test_self_approval_and_missing_permission_are_refused(live: Any, submit: Any, make_principal: Any) -> None:
     # given a submitter who also holds the approver grant, and a user without it
     from governance.models import Grant
-    from governance.services import principal_ensure
 
-    agent = principal_ensure(username="agent", grants=["approve:*"])
+    agent = make_principal("agent", ("approve:*",))
     own = APIClient()
     own.credentials(HTTP_AUTHORIZATION=f"Token {agent.token}")
     outsider, _ = client_for(make_principal, "outsider", ("approve:crm",))
@@ -136,8 +133,8 @@ def test_self_approval_and_missing_permission_are_refused(live: Any, submit: Any
 
 def test_two_distinct_approvers_are_needed(live: Any, submit: Any, make_principal: Any) -> None:
     # given a rule asking for two approvers for this job type
-    PolicyRule.objects.create(order=1, name="two-eyes", job_type="demo.reviewed_store_write",
-                              decision="require_approval", approvers=2)
+    PolicyRuleFactory.create(order=1, name="two-eyes", job_type="demo.reviewed_store_write",
+                             decision="require_approval", approvers=2)
     first, _ = client_for(make_principal, "rev-one", ("approve:store",))
     second, _ = client_for(make_principal, "rev-two", ("approve:*",))
     job_id = submit_reviewed(submit, "k-two")
@@ -160,8 +157,8 @@ def test_modified_inputs_are_revalidated_and_rechecked_by_policy(
     live: Any, submit: Any, reviewer: APIClient
 ) -> None:
     # given a rule blocking large amounts and a job drafted with a small one
-    PolicyRule.objects.create(order=1, name="cap", job_type="demo.*", decision="block", reason="amount over cap",
-                              conditions=[{"path": "data.amount", "op": "gt", "value": 1000}])
+    PolicyRuleFactory.create(order=1, name="cap", job_type="demo.*", decision="block", reason="amount over cap",
+                             conditions=[{"path": "data.amount", "op": "gt", "value": 1000}])
     job_id = submit_reviewed(submit, "k-mod", {"amount": 10})
     approval = pending_approval(job_id)
     url = f"/api/v1/approvals/{approval.pk}/approve"

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import time_machine
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
@@ -14,22 +15,21 @@ from django.utils import timezone
 from audit.models import AuditStamp
 from audit.selectors import audit_verify
 from audit.services import RETENTION_CHAIN, stamp_append, stamps_append_bulk
-from jobs.models import Job, JobRun
+from jobs.models import Job, JobRun, JobStatus
 from jobs.services.retention import jobs_purge
-from jobs.transitions import job_created_stamp, job_transition
+from tests.factories import JobFactory, JobRunFactory
+
+
+def days_ago(days: float) -> time_machine.travel:
+    return time_machine.travel(timezone.now() - timedelta(days=days))
 
 
 def make_job(user: Any, *, status: str = "queued", finished_days_ago: float | None = None) -> Job:
-    job = Job.objects.create(principal=user, job_type="demo.noop", scope="demo", session_id="s-audit",
-                             status="queued")
-    job_created_stamp(job=job, event="submitted", actor="principal:x", details={"n": 1})
-    if status != "queued":
-        job_transition(job_id=job.id, to="running", allowed_from=["queued"], event="claimed")
-        job_transition(job_id=job.id, to=status, allowed_from=["running"], event=status,
-                       details={"error_class": "", "retry_count": 0})
-    if finished_days_ago is not None:
-        Job.objects.filter(pk=job.id).update(finished_at=timezone.now() - timedelta(days=finished_days_ago))
-    return job
+    """A job that went through to ``status``, stamped (``finished_days_ago``: all of it that long ago)."""
+    if finished_days_ago is None:
+        return JobFactory.create(principal=user, session_id="s-audit", status=status)
+    with days_ago(finished_days_ago):
+        return JobFactory.create(principal=user, session_id="s-audit", status=status)
 
 
 @pytest.fixture
@@ -103,15 +103,12 @@ def test_verify_finds_the_first_broken_link_when_the_trigger_is_bypassed(user: A
 
 def test_verify_passes_on_a_large_database_and_streams(user: Any, capsys: Any) -> None:
     # given 3000 jobs with 3 stamps each (bulk-written, as a bulk cancel would)
-    jobs = [Job(principal=user, job_type="demo.noop", scope="demo", session_id="bulk", status="queued")
-            for _ in range(3000)]
-    Job.objects.bulk_create(jobs, batch_size=1000)
+    jobs = JobFactory.create_bulk(3000, principal=user, session_id="bulk", status=JobStatus.SUCCEEDED)
     for event, frm, to in (("submitted", "", "queued"), ("claimed", "queued", "running"),
                            ("succeeded", "running", "succeeded")):
         stamps_append_bulk([{"job_id": j.id, "event": event, "from_status": frm, "to_status": to,
                              "details": {"policy": {"path": ["default:risk=low:allow"]}, "retry_count": 0}}
                             for j in jobs])
-    Job.objects.filter(session_id="bulk").update(status="succeeded")
     # when the whole database is verified in small chunks
     report = audit_verify(chunk_size=500)
     # then every chain verifies
@@ -126,9 +123,9 @@ def test_retention_purges_old_terminal_jobs_and_leaves_its_own_stamp(user: Any, 
     old = [make_job(user, status="succeeded", finished_days_ago=40) for _ in range(3)]
     recent = make_job(user, status="succeeded", finished_days_ago=1)
     waiting = make_job(user)
-    stamp_append(job_id="job_forged_msg", event="claim_refused", details={"reason": "unknown_job"},
-                 at=timezone.now() - timedelta(days=45))
-    JobRun.objects.create(job_id=old[0].id, stage="execute", attempt=1)
+    with days_ago(45):
+        stamp_append(job_id="job_forged_msg", event="claim_refused", details={"reason": "unknown_job"})
+    JobRunFactory.create(job=old[0])
     heads = {j.id: AuditStamp.objects.filter(job_id=j.id).order_by("-seq").values_list("seq", "hash").first()
              for j in old}
     # when a dry run is made

@@ -25,6 +25,7 @@ from examples.models import ExternalRecord
 from jobs.models import TERMINAL_STATUSES, EffectRecord, Job, JobRun, JobStatus, RunOutcome
 from jobs.services.submit import SubmitSpec, job_submit
 from tests import harness
+from tests.factories import admit
 from tests.faults import private_stack
 
 pytestmark = pytest.mark.chaos
@@ -142,11 +143,10 @@ def test_same_message_published_twice_on_a_private_broker_runs_once(transactiona
         later = (timezone.now() + timedelta(hours=1)).isoformat()
         body = submit("demo.local_store_write", {"key": "chaos-d", "data": {}}, run_after=later,
                       session_id="chaos-d").json()
-        Job.objects.filter(pk=body["job_id"]).update(run_after=timezone.now(), dispatched_at=timezone.now(),
-                                                     dispatch_token="tok-d")
+        token = admit(body["job_id"], release=True)
         job = Job.objects.get(pk=body["job_id"])
         # when its execute message is published twice at once, to two idle pool processes
-        message = Admitted(job.id, "execute", "tok-d", 60, job.trace_id, job.scope)
+        message = Admitted(job.id, "execute", token, 60, job.trace_id, job.scope)
         assert publish([message, message]) == []
         # then it ran once: one execute run, one effect, the copy refused
         _wait_all_terminal("chaos-d", 1, timeout=60)

@@ -20,9 +20,17 @@ from approvals.models import ApprovalRequest, ApprovalStatus
 from audit.models import AuditStamp
 from jobs.admission.dispatcher import admission_candidates, dispatch_ready
 from jobs.models import Job, JobRun, JobStatus, JobTypeControl, PrincipalControl, SessionControl
-from jobs.services.control import cancels_enforce, job_type_pause, jobs_cancel, session_pause, session_resume
+from jobs.services.control import (
+    cancels_enforce,
+    job_cancel,
+    job_type_pause,
+    jobs_cancel,
+    session_pause,
+    session_resume,
+)
 from jobs.services.submit import SubmitSpec, job_submit
 from jobs.transitions import jobs_transition_bulk
+from tests.factories import JobFactory, claim
 
 pytestmark = pytest.mark.django_db
 
@@ -42,14 +50,7 @@ def _admitted(ids: list[str] | None = None) -> list[str]:
 
 def _flood(principal: Any, session: str, n: int) -> list[str]:
     """``n`` queued jobs for one session, inserted in one go (the dispatcher only reads rows)."""
-    now = timezone.now()
-    jobs = [
-        Job(session_id=session, principal=principal.user, job_type="demo.noop", scope="demo",
-            created_at=now + timedelta(microseconds=i), run_after=now - timedelta(seconds=1))
-        for i in range(n)
-    ]
-    Job.objects.bulk_create(jobs, batch_size=1000)
-    return [j.id for j in jobs]
+    return [j.id for j in JobFactory.create_bulk(n, principal=principal.user, session_id=session)]
 
 
 # --- cancel one ---------------------------------------------------------------------------------
@@ -84,15 +85,15 @@ def test_cancel_pending_approval_cancels_its_approval_request(api: Any, principa
     assert ApprovalRequest.objects.get(job=job).status == ApprovalStatus.CANCELLED
 
 
-def test_cancel_retry_scheduled_job(api: Any, principal: Any) -> None:
+def test_cancel_retry_scheduled_job(clock: Any, api: Any, principal: Any) -> None:
     # given a job waiting for its backoff
-    job = _submit(principal, "s1")
-    Job.objects.filter(pk=job.pk).update(status=JobStatus.RETRY_SCHEDULED,
-                                         run_after=timezone.now() + timedelta(minutes=5))
+    job = JobFactory.create(principal=principal.user, session_id="s1", status=JobStatus.RETRY_SCHEDULED,
+                            run_after=timezone.now() + timedelta(minutes=5))
     # when it is cancelled
     response = api.post(f"/api/v1/jobs/{job.pk}/cancel")
-    # then it never comes back
+    # then it never comes back, not even once its backoff has passed
     assert response.json()["status"] == "cancelled"
+    clock.shift(timedelta(minutes=5, seconds=1))
     dispatch_ready(promote=True)
     assert Job.objects.get(pk=job.pk).status == JobStatus.CANCELLED
 
@@ -100,7 +101,7 @@ def test_cancel_retry_scheduled_job(api: Any, principal: Any) -> None:
 def test_cancel_running_job_asks_it_to_stop(api: Any, principal: Any) -> None:
     # given a running job
     job = _submit(principal, "s1")
-    Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, current_run_id="run_x")
+    claim(job)
     # when it is cancelled (twice)
     first = api.post(f"/api/v1/jobs/{job.pk}/cancel")
     second = api.post(f"/api/v1/jobs/{job.pk}/cancel")
@@ -115,8 +116,7 @@ def test_cancel_running_job_asks_it_to_stop(api: Any, principal: Any) -> None:
 
 def test_cancel_finished_job_is_409_not_cancellable(api: Any, principal: Any) -> None:
     # given a succeeded job
-    job = _submit(principal, "s1")
-    Job.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED)
+    job = JobFactory.create(principal=principal.user, session_id="s1", status=JobStatus.SUCCEEDED)
     # when it is cancelled
     response = api.post(f"/api/v1/jobs/{job.pk}/cancel")
     # then the answer is a stable conflict
@@ -139,17 +139,17 @@ def test_cancel_other_principals_job_is_404(api: Any, make_principal: Any) -> No
 
 
 @override_settings(JOBS_CANCEL_GRACE_S=5)
-def test_enforce_cancels_forces_only_after_the_grace(principal: Any) -> None:
+def test_enforce_cancels_forces_only_after_the_grace(clock: Any, principal: Any) -> None:
     # given a running job asked to cancel 3 s ago and another 10 s ago
-    now = timezone.now()
     young, old = _submit(principal, "s1"), _submit(principal, "s1")
-    for job, ago in ((young, 3), (old, 10)):
-        JobRun.objects.create(run_id=f"run_{job.pk[-8:]}", job=job, stage="execute", attempt=1,
-                              celery_task_id="", worker="w")
-        Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, current_run_id=f"run_{job.pk[-8:]}",
-                                             cancel_requested_at=now - timedelta(seconds=ago))
+    for job in (young, old):
+        claim(job)
+    job_cancel(job=old, actor="test")
+    clock.shift(7)
+    job_cancel(job=young, actor="test")
+    clock.shift(3)
     # when the enforcer runs
-    forced = cancels_enforce(now=now)
+    forced = cancels_enforce(now=timezone.now())
     # then only the old one is cancelled, stamped forced, its run closed
     assert forced == 1
     assert Job.objects.get(pk=young.pk).status == JobStatus.RUNNING
@@ -169,9 +169,8 @@ def test_bulk_cancel_by_session_with_filters(api: Any, principal: Any, make_prin
     queued = [_submit(principal, "bulk", run_after=later) for _ in range(3)]
     pending = _submit(principal, "bulk", constraints={"requires_human_ack": True})
     running = _submit(principal, "bulk", run_after=later)
-    Job.objects.filter(pk=running.pk).update(status=JobStatus.RUNNING)
-    done = _submit(principal, "bulk", run_after=later)
-    Job.objects.filter(pk=done.pk).update(status=JobStatus.SUCCEEDED)
+    claim(running)
+    done = JobFactory.create(principal=principal.user, session_id="bulk", status=JobStatus.SUCCEEDED)
     elsewhere = _submit(principal, "other", run_after=later)
     foreign = _submit(make_principal("foreign"), "bulk", run_after=later)
     # when the session is cancelled with a status filter first, then fully
@@ -197,8 +196,8 @@ def test_bulk_cancel_requires_session_id(api: Any) -> None:
 
 def test_bulk_transition_stamps_each_job_with_its_prior_status(principal: Any) -> None:
     # given jobs in two cancellable statuses
-    a, b = _submit(principal, "s"), _submit(principal, "s")
-    Job.objects.filter(pk=b.pk).update(status=JobStatus.RETRY_SCHEDULED)
+    a = _submit(principal, "s")
+    b = JobFactory.create(principal=principal.user, session_id="s", status=JobStatus.RETRY_SCHEDULED)
     # when both move in one bulk call
     moved = jobs_transition_bulk(jobs=[a.pk, b.pk], to=JobStatus.CANCELLED,
                                  allowed_from=[JobStatus.QUEUED, JobStatus.RETRY_SCHEDULED],
@@ -206,9 +205,8 @@ def test_bulk_transition_stamps_each_job_with_its_prior_status(principal: Any) -
     # then the result and the stamps know where each came from, and the chains are intact
     assert moved == {"queued": [a.pk], "retry_scheduled": [b.pk]}
     for job, prior in ((a, "queued"), (b, "retry_scheduled")):
-        last = AuditStamp.objects.filter(job_id=job.pk).order_by("-seq")[0]
-        first = AuditStamp.objects.filter(job_id=job.pk).order_by("seq")[0]
-        assert (last.seq, last.from_status, last.prev_hash) == (2, prior, first.hash)
+        last, before = AuditStamp.objects.filter(job_id=job.pk).order_by("-seq")[:2]
+        assert (last.seq, last.from_status, last.prev_hash) == (before.seq + 1, prior, before.hash)
     call_command("verify_audit", stdout=StringIO())
 
 
@@ -246,9 +244,7 @@ def test_bulk_cancel_of_many_jobs_is_one_set_based_call(principal: Any, django_a
 def test_flooding_session_does_not_starve_another(principal: Any, make_principal: Any) -> None:
     # given session A flooding 1,000 jobs before session B submits 2
     flood = _flood(principal, "A", 1000)
-    b_jobs = [_submit(make_principal("b"), "B", run_after=timezone.now() - timedelta(seconds=1)).pk
-              for _ in range(2)]
-    Job.objects.filter(pk__in=b_jobs).update(dispatched_at=None)
+    b_jobs = [_submit(make_principal("b"), "B").pk for _ in range(2)]
     # when the dispatcher admits four (the global cap)
     admitted = dispatch_ready()
     # then they alternate between the sessions: two of A, two of B
@@ -280,7 +276,6 @@ def test_priority_orders_admission_and_run_after_delays_it(principal: Any) -> No
     high = _submit(principal, "p", priority=50, run_after=past)
     delayed = _submit(principal, "p", priority=100, run_after=timezone.now() + timedelta(hours=1))
     mid = _submit(principal, "p", priority=10, run_after=past)
-    Job.objects.all().update(dispatched_at=None)
     # when candidates are chosen
     order = admission_candidates(now=timezone.now(), limit=10)
     # then the delayed one waits and the others come by priority, up to the session's cap
@@ -301,11 +296,11 @@ def test_paused_session_keeps_jobs_queued_until_resumed(principal: Any) -> None:
     assert len(_admitted(ids)) == 3
 
 
-def test_pause_until_expires_by_itself(principal: Any) -> None:
+def test_pause_until_expires_by_itself(clock: Any, principal: Any) -> None:
     ids = _flood(principal, "pu", 2)
     session_pause(principal_id=principal.user.pk, session_id="pu", until=timezone.now() + timedelta(hours=1))
     assert dispatch_ready() == 0
-    SessionControl.objects.filter(session_id="pu").update(paused_until=timezone.now() - timedelta(seconds=1))
+    clock.shift(timedelta(hours=1, seconds=1))
     assert dispatch_ready() == 2
     assert len(_admitted(ids)) == 2
 
@@ -316,7 +311,6 @@ def test_paused_job_type_and_rate_limit(principal: Any) -> None:
     noops = _flood(principal, "t1", 3)
     longs = [_submit(principal, "t2", "demo.long_running", inputs={"steps": 1}, run_after=past).pk
              for _ in range(3)]
-    Job.objects.all().update(dispatched_at=None)
     # when long_running is paused and no-ops are limited to 2 per minute
     job_type_pause(job_type="demo.long_running")
     JobTypeControl.objects.create(job_type="demo.noop", rate_limit=2, rate_period_s=60)
@@ -328,14 +322,16 @@ def test_paused_job_type_and_rate_limit(principal: Any) -> None:
 
 
 @override_settings(JOBS_REDISPATCH_AFTER_S=60, JOBS_SESSION_MAX_CONCURRENCY=3)
-def test_stale_published_jobs_are_redispatched_not_counted(principal: Any) -> None:
-    # given a session whose three jobs were published long ago and never claimed
+def test_stale_published_jobs_are_redispatched_not_counted(clock: Any, principal: Any) -> None:
+    # given a session whose three jobs were published five minutes ago and never claimed
     ids = _flood(principal, "stale", 3)
-    Job.objects.filter(pk__in=ids).update(dispatched_at=timezone.now() - timedelta(minutes=5), dispatch_token="old")
+    assert dispatch_ready() == 3
+    old_tokens = set(Job.objects.filter(pk__in=ids).values_list("dispatch_token", flat=True))
+    clock.shift(timedelta(minutes=5))
     # when the dispatcher runs
     # then all three are published again with a fresh token (lost messages do not fill the cap)
     assert dispatch_ready() == 3
-    assert not Job.objects.filter(pk__in=ids, dispatch_token="old").exists()
+    assert not Job.objects.filter(pk__in=ids, dispatch_token__in=old_tokens).exists()
 
 
 def test_session_api_counts_pause_and_resume(api: Any, principal: Any) -> None:

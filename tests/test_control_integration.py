@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +13,8 @@ from audit.models import AuditStamp
 from config.celery import app
 from jobs.models import Job, JobRun, JobStatus
 from jobs.services.submit import SubmitSpec, job_submit
-from tests.conftest import wait_status
+from tests.conftest import wait_dispatch_ticks, wait_status
+from tests.factories import admit
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.integration
@@ -60,10 +60,10 @@ def test_handler_ignoring_cancel_is_terminated_after_the_grace(live: Any, submit
     assert not AuditStamp.objects.filter(job_id=job_id, event="succeeded").exists()
 
 
-def test_cancelled_queued_and_pending_jobs_never_run(live: Any, submit: Any, api: Any) -> None:
+def test_cancelled_queued_and_pending_jobs_never_run(live: Any, submit: Any, api: Any, principal: Any) -> None:
     # given a job due in two seconds and one waiting for approval
-    soon = (timezone.now() + timedelta(seconds=2)).isoformat()
-    queued = submit("demo.noop", {}, run_after=soon).json()["job_id"]
+    soon = timezone.now() + timedelta(seconds=2)
+    queued = submit("demo.noop", {}, run_after=soon.isoformat()).json()["job_id"]
     pending = submit("demo.noop", {}, constraints={"requires_human_ack": True}).json()["job_id"]
     wait_status(pending, "pending_approval")
     # when both are cancelled
@@ -71,21 +71,23 @@ def test_cancelled_queued_and_pending_jobs_never_run(live: Any, submit: Any, api
         assert api.post(f"/api/v1/jobs/{job_id}/cancel").json() == {
             "job_id": job_id, "status": "cancelled", "cancelling": False}
     # then, after the run_after has passed and several dispatch ticks, neither ran
-    time.sleep(4)
+    wait_until(lambda: timezone.now() > soon, timeout=10, message="the run_after to pass")
+    wait_dispatch_ticks(principal.user)
     for job_id in (queued, pending):
         assert Job.objects.get(pk=job_id).status == JobStatus.CANCELLED
         assert not JobRun.objects.filter(job_id=job_id).exists()
 
 
-def test_retry_scheduled_job_cancelled_never_runs_again(live: Any, submit: Any, api: Any) -> None:
+def test_retry_scheduled_job_cancelled_never_runs_again(live: Any, submit: Any, api: Any, principal: Any) -> None:
     # given a job that failed transiently and waits for its backoff
     job_id = submit("demo.flaky", {"fail_times": 3}).json()["job_id"]
     wait_status(job_id, "retry_scheduled", timeout=20)
     # when it is cancelled
     assert api.post(f"/api/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
     # then, past its backoff and several dispatch ticks, it has still run only once
-    Job.objects.filter(pk=job_id).update(run_after=timezone.now())
-    time.sleep(3)
+    backoff_ends = Job.objects.get(pk=job_id).run_after
+    wait_until(lambda: timezone.now() > backoff_ends, timeout=10, message="the backoff to pass")
+    wait_dispatch_ticks(principal.user)
     assert Job.objects.get(pk=job_id).status == JobStatus.CANCELLED
     assert JobRun.objects.filter(job_id=job_id).count() == 1
 
@@ -100,10 +102,10 @@ def test_cancelled_job_is_not_run_after_a_worker_restart(live: Any, principal: A
         job = job_submit(principal=principal.user, spec=SubmitSpec(
             job_type="demo.noop", inputs={}, session_id="s-restart",
             run_after=timezone.now() + timedelta(hours=1))).job
-        Job.objects.filter(pk=job.pk).update(dispatched_at=timezone.now(), dispatch_token="tok-restart")
+        token = admit(job)
         # when the worker stops, the job's message is left in the broker, the job is cancelled
         worker.stop()
-        app.send_task("jobs.execute", args=[job.pk, "execute", "tok-restart"], queue="execute")
+        app.send_task("jobs.execute", args=[job.pk, "execute", token], queue="execute")
         assert api.post(f"/api/v1/jobs/{job.pk}/cancel").json()["status"] == "cancelled"
         # and a worker starts again on that broker and receives the message
         stack.worker("ctl-restart2", concurrency=1)
@@ -161,7 +163,7 @@ def test_paused_session_waits_then_runs_in_priority_order(live: Any, principal: 
         for p in (-5, 0, 50, 10)
     }
     # when several dispatch ticks pass, nothing runs
-    time.sleep(2.5)
+    wait_dispatch_ticks(user)
     assert set(Job.objects.filter(pk__in=by_priority.values()).values_list("status", flat=True)) == {"queued"}
     assert api.get("/api/v1/sessions/s-prio").json()["paused"] is True
     # when the session is resumed

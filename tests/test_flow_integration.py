@@ -11,6 +11,7 @@ from config.celery import app
 from examples.models import ExternalRecord
 from jobs.models import Job, JobRun
 from tests.conftest import wait_status
+from tests.factories import admit
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.integration
@@ -82,11 +83,9 @@ def test_duplicate_publish_of_a_queued_job_runs_it_once(live: Any, submit: Any) 
     run_after = (timezone.now() + timedelta(hours=1)).isoformat()
     body = submit("demo.local_store_write", {"key": "k-twice", "data": {}}, run_after=run_after).json()
     # when it is admitted (as the dispatcher does) and its message is published twice
-    Job.objects.filter(pk=body["job_id"]).update(
-        run_after=timezone.now(), dispatched_at=timezone.now(), dispatch_token="tok-twice"
-    )
+    token = admit(body["job_id"], release=True)
     job = Job.objects.get(pk=body["job_id"])
-    message = Admitted(job.id, "execute", "tok-twice", 60, job.trace_id, job.scope)
+    message = Admitted(job.id, "execute", token, 60, job.trace_id, job.scope)
     assert publish([message, message]) == []
     # then it succeeds, with exactly one execute run and one effect, and the copy is refused
     wait_status(job.id, "succeeded")

@@ -18,11 +18,11 @@ from django.utils import timezone
 from audit.models import AuditStamp
 from config.celery import app
 from examples.models import ExternalRecord
-from governance.models import PolicyRule
 from governance.services import grant_revoke
 from jobs.models import Job, JobRun
 from tests import harness
 from tests.conftest import wait_status
+from tests.factories import PolicyRuleFactory, admit
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.integration
@@ -70,8 +70,8 @@ def test_policy_turned_to_block_after_submit_stops_execution(live: Any, submit: 
     # given an admitted job, then an operator adds a rule blocking its type
     job = held_back(submit, "k-blocked-later")
     allowed_version = job.policy_decision["policy_version"]
-    rule = PolicyRule.objects.create(order=1, name="freeze store", job_type="demo.local_store_*",
-                                     decision="block", reason="store frozen for audit")
+    rule = PolicyRuleFactory.create(order=1, name="freeze store", job_type="demo.local_store_*",
+                                    decision="block", reason="store frozen for audit")
     # when it reaches a worker
     release(job)
     dead = wait_status(job.id, "dead_lettered")
@@ -86,7 +86,7 @@ def test_policy_turned_to_block_after_submit_stops_execution(live: Any, submit: 
 
 def test_worker_stamps_the_policy_it_checked_on_success(live: Any, submit: Any) -> None:
     # given an allow rule for the type
-    rule = PolicyRule.objects.create(order=1, name="noop ok", job_type="demo.noop", decision="allow")
+    rule = PolicyRuleFactory.create(order=1, name="noop ok", job_type="demo.noop", decision="allow")
     # when a job runs
     job = wait_status(submit("demo.noop", {}).json()["job_id"], "succeeded")
     # then the success stamp records the worker's decision: rule, version, path, worker, model version
@@ -128,9 +128,8 @@ def test_scope_locked_worker_refuses_and_a_worker_for_the_scope_runs_it(live: An
     try:
         # and a "store" job whose message is (mis)routed to that queue
         job = held_back(submit, "k-scope")
-        Job.objects.filter(pk=job.pk).update(run_after=timezone.now(), dispatched_at=timezone.now(),
-                                             dispatch_token="tok-scope")
-        app.send_task("jobs.execute", args=[job.id, "execute", "tok-scope"], queue="execute.crm")
+        token = admit(job, release=True)
+        app.send_task("jobs.execute", args=[job.id, "execute", token], queue="execute.crm")
         # when the crm worker takes it, it refuses with a stamp, and the job goes back to queued
         refusal = wait_until(lambda: AuditStamp.objects.filter(job_id=job.id, event="scope_refused").first(),
                              timeout=30, message="scope refusal stamp")
@@ -170,15 +169,15 @@ def test_scope_queues_route_jobs_to_their_scope_workers(live: Any, submit: Any, 
 def test_forged_messages_are_refused_stamped_and_never_executed(live: Any, submit: Any) -> None:
     # given an admitted job with a known dispatch token that no dispatcher will publish
     job = held_back(submit, "k-forged")
-    Job.objects.filter(pk=job.pk).update(dispatched_at=timezone.now(), dispatch_token="tok-real")
+    token = admit(job)
     # when messages with forged fields are sent straight to the queues
-    app.send_task("jobs.execute", args=[job.id, "finalize", "tok-real"], queue="execute")  # wrong stage
-    app.send_task("jobs.finalize", args=[job.id, "finalize", "tok-real"], queue="finalize")  # job is at execute
+    app.send_task("jobs.execute", args=[job.id, "finalize", token], queue="execute")  # wrong stage
+    app.send_task("jobs.finalize", args=[job.id, "finalize", token], queue="finalize")  # job is at execute
     app.send_task("jobs.execute", args=[job.id, "execute", "tok-forged"], queue="execute")  # forged token
-    app.send_task("jobs.execute", args=[job.id, "execute", "tok-real", {"as": "root"}], queue="execute")  # extra
-    app.send_task("jobs.execute", args=[job.id, "execute"], kwargs={"token": "tok-real", "principal": 1},
+    app.send_task("jobs.execute", args=[job.id, "execute", token, {"as": "root"}], queue="execute")  # extra
+    app.send_task("jobs.execute", args=[job.id, "execute"], kwargs={"token": token, "principal": 1},
                   queue="execute")  # extra kwarg
-    app.send_task("jobs.execute", args=[12345, "execute", "tok-real"], queue="execute")  # non-string id
+    app.send_task("jobs.execute", args=[12345, "execute", token], queue="execute")  # non-string id
     app.send_task("jobs.execute", args=["job_nosuchjob123", "execute", "x"], queue="execute")  # unknown id
     # then each is refused with its reason, stamped
     expected = ["malformed_stage", "stage_mismatch", "dispatch_token_mismatch", "malformed_message",
@@ -227,8 +226,8 @@ def test_policy_turned_to_require_approval_after_submit_parks_the_job_for_a_huma
 
     # given an admitted store write, held back, and a rule added afterwards that wants a review
     job = held_back(submit, "k-late-review")
-    PolicyRule.objects.create(order=1, name="review store writes", job_type="demo.local_store_write",
-                              decision="require_approval", approvers=1, checkpoint="before_execute")
+    PolicyRuleFactory.create(order=1, name="review store writes", job_type="demo.local_store_write",
+                             decision="require_approval", approvers=1, checkpoint="before_execute")
     # when a worker picks it up
     release(job)
     parked = wait_status(job.pk, "pending_approval", timeout=30)

@@ -14,6 +14,7 @@ from governance.models import Grant, PolicyRule
 from governance.policy import RISK_DEFAULTS, conditions_errors, policy_evaluate, redact_inputs
 from governance.secrets import decrypt_secrets, encrypt_secrets, secrets_scrub
 from governance.selectors import missing_permissions, principal_grants
+from tests.factories import PolicyRuleFactory
 
 
 def evaluate(user: Any, **overrides: Any) -> Any:
@@ -26,8 +27,7 @@ def evaluate(user: Any, **overrides: Any) -> Any:
 
 
 def rule(**fields: Any) -> PolicyRule:
-    fields.setdefault("name", f"r{PolicyRule.objects.count() + 1}")
-    return PolicyRule.objects.create(**fields)
+    return PolicyRuleFactory.create(**fields)
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from audit.models import AuditStamp
-from governance.models import PolicyRule
 from jobs.models import Job
+from tests.factories import PolicyRuleFactory
 
 SECRET = "sk-live-7f3c9a0e5b2d4411"
 
@@ -73,7 +73,7 @@ def test_unauthenticated_submit_is_refused(db: None) -> None:
 def test_policy_block_records_rule_and_version(make_principal: Any) -> None:
     # given a rule blocking large writes to the store
     agent = make_principal("agent2")
-    rule = PolicyRule.objects.create(
+    rule = PolicyRuleFactory.create(
         order=1, name="no big writes", job_type="demo.local_store_*", decision="block", reason="too big",
         conditions=[{"path": "data.size", "op": "gt", "value": 100}],
     )
@@ -96,8 +96,8 @@ def test_policy_block_records_rule_and_version(make_principal: Any) -> None:
 def test_redact_replaces_fields_before_storage_and_stamps_which(make_principal: Any) -> None:
     # given a rule redacting a personal field
     agent = make_principal("agent3")
-    PolicyRule.objects.create(order=1, name="strip ssn", job_type="demo.*", decision="redact",
-                              redact_fields=["data.ssn", "data.absent"])
+    PolicyRuleFactory.create(order=1, name="strip ssn", job_type="demo.*", decision="redact",
+                             redact_fields=["data.ssn", "data.absent"])
     # when a job carrying it is submitted
     response = client_for(agent).post(
         "/api/v1/jobs", {"job_type": "demo.local_store_write",

@@ -16,6 +16,7 @@ from examples.models import ExternalRecord
 from jobs.models import EffectRecord, Job, JobRun, JobStatus
 from jobs.services.submit import SubmitSpec, job_submit
 from jobs.worker.runner import stage_run
+from tests.factories import admit, advance
 from tests.harness import race
 
 # A far run_after keeps the dispatcher from publishing anything: these tests need no broker.
@@ -78,7 +79,9 @@ def test_replay_answers_the_first_body_even_after_the_job_moved_on(principal: An
             "run_after": LATER}
     first = api.post("/api/v1/jobs", body, format="json")
     assert first.status_code == 202
-    Job.objects.filter(pk=first.json()["job_id"]).update(status=JobStatus.SUCCEEDED, current_run_id="run_other")
+    # (retried: its second run has an id of its own, not the one answered at submit)
+    advance(first.json()["job_id"], JobStatus.RUNNING, JobStatus.RETRY_SCHEDULED, JobStatus.QUEUED,
+            JobStatus.RUNNING, JobStatus.SUCCEEDED)
     # when the same request is sent again, and then with another payload
     again = api.post("/api/v1/jobs", body, format="json")
     other = api.post("/api/v1/jobs", {**body, "inputs": {"x": 1}}, format="json")
@@ -109,16 +112,18 @@ def test_commit_rerun_after_its_effect_was_recorded_writes_nothing_again(princip
     job = job_submit(principal=principal.user, spec=SubmitSpec(
         job_type="demo.local_store_write", inputs={"key": "k-ledger", "data": {"v": 1}}, session_id="s")).job
 
-    def run_stage(token: str) -> Any:
-        Job.objects.filter(pk=job.id).update(status=JobStatus.QUEUED, dispatch_token=token)
+    def run_stage() -> Any:
+        token = admit(job)
         return stage_run(job_id=job.id, stage=Job.objects.get(pk=job.id).stage, token=token, worker="w")
 
-    assert run_stage("t1").outcome == "advanced"
-    assert run_stage("t2").outcome == "succeeded"
+    assert run_stage().outcome == "advanced"
+    assert run_stage().outcome == "succeeded"
     first_result = Job.objects.get(pk=job.id).result
-    # when the finalize stage runs again (as after a lost acknowledgement or a reaped lease)
-    Job.objects.filter(pk=job.id).update(stage="finalize", attempts=0, claims=0)
-    outcome = run_stage("t3")
+    # when the finalize stage runs again (as after a lost acknowledgement or a reaped lease): the
+    # job is wound back by hand to the moment before its finalize finished, a state no legal
+    # transition leads to from succeeded
+    Job.objects.filter(pk=job.id).update(status=JobStatus.QUEUED, stage="finalize", attempts=0, claims=0)
+    outcome = run_stage()
     # then it succeeds with the recorded result and the store still holds one record
     assert outcome.outcome == "succeeded"
     assert Job.objects.get(pk=job.id).result == first_result

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from jobs.models import Job, JobStatus, SessionControl
 from jobs.services.submit import SubmitSpec, job_submit
+from tests.factories import JobFactory
 from tests.harness import wait_until
 from tests.test_console_browser import page, shot  # noqa: F401 — the shared browser fixture
 
@@ -29,11 +30,8 @@ def test_operator_watches_cancels_and_pauses_sessions(transactional_db: None, li
     later = timezone.now() + timedelta(hours=1)
     flood = [_submit(principal, "mon-flood", run_after=later) for _ in range(3)]
     template = Job.objects.get(pk=flood[0].pk)
-    Job.objects.bulk_create([
-        Job(session_id="mon-flood", principal=principal.user, job_type="demo.noop", scope="demo",
-            run_after=later, created_at=template.created_at)
-        for _ in range(1197)
-    ])
+    JobFactory.create_bulk(1197, session_id="mon-flood", principal=principal.user, run_after=later,
+                           created_at=template.created_at)
     pending = _submit(principal, "mon-review", constraints={"requires_human_ack": True})
     make_principal("operator", (), staff=True, password="operator-pass-1")
     base = live_server.url

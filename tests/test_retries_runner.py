@@ -2,6 +2,8 @@
 
 No broker is involved: ``stage_run`` is called as the Celery task would call it, and the
 dispatcher's publish never fires (these tests run inside a transaction that never commits).
+Time stands still in this module and moves only when a test moves it (backoffs passing, a lease
+running out), so every timestamp is the one the code under test wrote.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import time_machine
+from django.conf import settings
 from django.test import override_settings
 from django.utils import timezone
 
@@ -19,10 +23,12 @@ from examples.models import ExternalRecord
 from jobs.admission.dispatcher import promote_due_retries
 from jobs.models import ErrorClass, Job, JobRun, JobStatus, RunOutcome
 from jobs.services.submit import SubmitSpec, job_submit
+from jobs.worker.context import renew_lease
 from jobs.worker.reaper import reap_expired_leases
 from jobs.worker.runner import stage_run
+from tests.factories import JobFactory, admit, claim
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clock")]
 
 
 def _submit(principal: Any, job_type: str, inputs: dict[str, Any] | None = None) -> Job:
@@ -32,19 +38,20 @@ def _submit(principal: Any, job_type: str, inputs: dict[str, Any] | None = None)
 
 def _run(job_id: str, worker: str = "w1") -> Any:
     """Admit the job as the dispatcher does and run its current stage as a worker would."""
-    token = f"tok-{timezone.now().timestamp()}"
-    Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(dispatch_token=token, dispatched_at=timezone.now())
+    token = admit(job_id)
     job = Job.objects.get(pk=job_id)
     return stage_run(job_id=job_id, stage=job.stage, token=token, worker=worker)
 
 
-def _promote(job_id: str) -> None:
+def _promote(clock: time_machine.Traveller, job_id: str) -> None:
     """Let the backoff pass and run the dispatch tick's promotion."""
-    Job.objects.filter(pk=job_id).update(run_after=timezone.now() - timedelta(seconds=1))
+    clock.move_to(Job.objects.get(pk=job_id).run_after)
     assert promote_due_retries() >= 1
 
 
-def test_transient_failure_schedules_a_retry_with_backoff_then_succeeds(principal: Any) -> None:
+def test_transient_failure_schedules_a_retry_with_backoff_then_succeeds(
+    clock: time_machine.Traveller, principal: Any
+) -> None:
     # given a flaky job that fails transiently once (backoff base 0.2 s, 25 % jitter)
     job = _submit(principal, "demo.flaky", {"fail_times": 1})
     # when its first attempt runs
@@ -61,7 +68,7 @@ def test_transient_failure_schedules_a_retry_with_backoff_then_succeeds(principa
     stamp = AuditStamp.objects.filter(job_id=job.id, event="retry_scheduled").get()
     assert stamp.details["error_class"] == ErrorClass.TRANSIENT and stamp.details["retry_count"] == 1
     # when the backoff passes and the dispatch tick promotes it, and it runs again
-    _promote(job.id)
+    _promote(clock, job.id)
     assert Job.objects.get(pk=job.id).status == JobStatus.QUEUED
     outcome = _run(job.id)
     # then it succeeds on attempt 2, each attempt its own JobRun
@@ -71,7 +78,7 @@ def test_transient_failure_schedules_a_retry_with_backoff_then_succeeds(principa
         (1, RunOutcome.FAILED), (2, RunOutcome.SUCCEEDED)]
 
 
-def test_exhausted_retries_dead_letter_the_job(principal: Any) -> None:
+def test_exhausted_retries_dead_letter_the_job(clock: time_machine.Traveller, principal: Any) -> None:
     # given a job that always fails transiently and a budget of 3 attempts
     job = _submit(principal, "demo.flaky", {"fail_times": 10})
     # when all three attempts run
@@ -79,7 +86,7 @@ def test_exhausted_retries_dead_letter_the_job(principal: Any) -> None:
         outcome = _run(job.id)
         if attempt < 3:
             assert outcome.outcome == "retry"
-            _promote(job.id)
+            _promote(clock, job.id)
     # then it is dead-lettered as retries_exhausted after exactly three runs
     job.refresh_from_db()
     assert (job.status, job.error_class, job.reason) == (
@@ -102,13 +109,13 @@ def test_permanent_error_dead_letters_at_once(principal: Any) -> None:
     assert not AuditStamp.objects.filter(job_id=job.id, event="retry_scheduled").exists()
 
 
-def test_retry_resumes_the_failed_stage_not_earlier_ones(principal: Any) -> None:
+def test_retry_resumes_the_failed_stage_not_earlier_ones(clock: time_machine.Traveller, principal: Any) -> None:
     # given a two-stage job whose commit fails transiently once
     job = _submit(principal, "demo.local_store_write", {"key": "k-res", "data": {"a": 1}, "fail_commit_times": 1})
     # when execute runs, finalize fails, the retry is promoted and finalize runs again
     assert _run(job.id).outcome == "advanced"
     assert _run(job.id).outcome == "retry"
-    _promote(job.id)
+    _promote(clock, job.id)
     assert Job.objects.get(pk=job.id).stage == "finalize"
     assert _run(job.id).outcome == "succeeded"
     # then execute ran once, finalize twice, and the effect exists once
@@ -117,15 +124,15 @@ def test_retry_resumes_the_failed_stage_not_earlier_ones(principal: Any) -> None
     assert ExternalRecord.objects.filter(key="k-res").count() == 1
 
 
-def test_handled_failures_do_not_count_as_unfinished_claims(principal: Any) -> None:
+def test_handled_failures_do_not_count_as_unfinished_claims(clock: time_machine.Traveller, principal: Any) -> None:
     # given a flaky job with a large attempt budget and a low poison threshold
-    job = _submit(principal, "demo.flaky", {"fail_times": 3})
-    Job.objects.filter(pk=job.id).update(max_attempts=10)
+    job = JobFactory.create(principal=principal.user, job_type="demo.flaky", inputs={"fail_times": 3},
+                            max_attempts=10)
     with override_settings(JOBS_MAX_CLAIMS_PER_STAGE=2):
         # when it fails three times (each failure handled) and then runs
         for _ in range(3):
             assert _run(job.id).outcome == "retry"
-            _promote(job.id)
+            _promote(clock, job.id)
         outcome = _run(job.id)
     # then it was never taken for poison: it succeeded on attempt 4
     assert outcome.outcome == "succeeded", outcome
@@ -134,30 +141,24 @@ def test_handled_failures_do_not_count_as_unfinished_claims(principal: Any) -> N
 # --- the reaper -----------------------------------------------------------------------------
 
 
-def _running(principal: Any, job_type: str, inputs: dict[str, Any] | None = None, *, alive_s: float = 0.0,
-             stage: str | None = None, **fields: Any) -> Job:
-    """A job claimed by a worker that then vanished: lease expired, last heartbeat ``alive_s``
-    seconds after the run started."""
-    job = _submit(principal, job_type, inputs)
-    if stage:
-        Job.objects.filter(pk=job.id).update(stage=stage, proposal={"key": "k", "data": {}})
-    token = "tok-reap"
-    Job.objects.filter(pk=job.id).update(dispatch_token=token)
-    from jobs.worker.runner import job_claim
-
-    claimed = job_claim(job_id=job.id, stage=stage or job.stage, token=token, worker="dead-worker")
-    assert not hasattr(claimed, "outcome"), claimed
-    started = timezone.now() - timedelta(seconds=60)
-    JobRun.objects.filter(job_id=job.id).update(started_at=started)
-    Job.objects.filter(pk=job.id).update(
-        lease_expires_at=timezone.now() - timedelta(seconds=1),
-        heartbeat_at=started + timedelta(seconds=alive_s), **fields)
+def _running(clock: time_machine.Traveller, principal: Any, job_type: str, inputs: dict[str, Any] | None = None,
+             *, alive_s: float, **fields: Any) -> Job:
+    """A job claimed by a worker that then vanished: its last heartbeat came ``alive_s`` seconds
+    after the run started, and its lease has run out since. ``fields`` are the envelope's
+    (``stage``, ``max_runtime_s``, ``attempts`` before this claim, ...)."""
+    if fields.get("stage") == "finalize":
+        fields.setdefault("proposal", {"key": "k", "data": {}})
+    job = JobFactory.create(principal=principal.user, job_type=job_type, inputs=inputs or {}, **fields)
+    run = claim(job, worker="dead-worker")
+    clock.shift(alive_s)
+    assert renew_lease(job.id, run.run_id)
+    clock.shift(settings.JOBS_LEASE_S + 1)
     return job
 
 
-def test_reaper_retries_a_lost_execute_with_the_attempt_counted(principal: Any) -> None:
+def test_reaper_retries_a_lost_execute_with_the_attempt_counted(clock: time_machine.Traveller, principal: Any) -> None:
     # given a running execute stage whose worker died 1 s into a 30 s budget
-    job = _running(principal, "demo.flaky", alive_s=1)
+    job = _running(clock, principal, "demo.flaky", alive_s=1)
     # when the reaper runs
     counts = reap_expired_leases()
     # then the job waits for a retry (worker_lost), its run is marked lost, the attempt counted
@@ -171,9 +172,9 @@ def test_reaper_retries_a_lost_execute_with_the_attempt_counted(principal: Any) 
     assert stamp.details["cause"] == ErrorClass.WORKER_LOST and stamp.to_status == JobStatus.RETRY_SCHEDULED
 
 
-def test_reaper_calls_a_run_alive_past_its_soft_limit_a_timeout(principal: Any) -> None:
+def test_reaper_calls_a_run_alive_past_its_soft_limit_a_timeout(clock: time_machine.Traveller, principal: Any) -> None:
     # given a run that kept heartbeating past its 1 s soft limit (then the hard limit killed it)
-    job = _running(principal, "demo.flaky", alive_s=2.5, max_runtime_s=1)
+    job = _running(clock, principal, "demo.flaky", alive_s=2.5, max_runtime_s=1)
     # when the reaper runs
     reap_expired_leases()
     # then the cause is timeout, retried because demo.flaky retries timeouts
@@ -181,9 +182,11 @@ def test_reaper_calls_a_run_alive_past_its_soft_limit_a_timeout(principal: Any) 
     assert (job.status, job.error_class) == (JobStatus.RETRY_SCHEDULED, ErrorClass.TIMEOUT)
 
 
-def test_reaper_dead_letters_a_timeout_when_the_type_does_not_retry_them(principal: Any) -> None:
+def test_reaper_dead_letters_a_timeout_when_the_type_does_not_retry_them(
+    clock: time_machine.Traveller, principal: Any
+) -> None:
     # given a type whose RetryPolicy has retry_timeouts=False, killed by its hard limit
-    job = _running(principal, "test.no_timeout_retry", alive_s=5, max_runtime_s=2)
+    job = _running(clock, principal, "test.no_timeout_retry", alive_s=5, max_runtime_s=2)
     # when the reaper runs
     reap_expired_leases()
     # then it is dead-lettered as timeout on the first attempt
@@ -191,10 +194,9 @@ def test_reaper_dead_letters_a_timeout_when_the_type_does_not_retry_them(princip
     assert (job.status, job.error_class, job.reason) == (JobStatus.DEAD_LETTERED, ErrorClass.TIMEOUT, "timeout")
 
 
-def test_reaper_dead_letters_when_the_budget_is_spent(principal: Any) -> None:
+def test_reaper_dead_letters_when_the_budget_is_spent(clock: time_machine.Traveller, principal: Any) -> None:
     # given a lost run that was the last attempt of the budget
-    job = _running(principal, "demo.flaky", alive_s=1)
-    Job.objects.filter(pk=job.id).update(attempts=3, max_attempts=3)
+    job = _running(clock, principal, "demo.flaky", alive_s=1, attempts=2, max_attempts=3)
     # when the reaper runs
     reap_expired_leases()
     # then it is dead-lettered as retries_exhausted
@@ -202,11 +204,12 @@ def test_reaper_dead_letters_when_the_budget_is_spent(principal: Any) -> None:
     assert (job.status, job.error_class) == (JobStatus.DEAD_LETTERED, ErrorClass.RETRIES_EXHAUSTED)
 
 
-def test_reaper_dead_letters_poison_after_too_many_unfinished_claims(principal: Any) -> None:
+def test_reaper_dead_letters_poison_after_too_many_unfinished_claims(
+    clock: time_machine.Traveller, principal: Any
+) -> None:
     # given a job whose stage was claimed JOBS_MAX_CLAIMS_PER_STAGE times without finishing
-    job = _running(principal, "test.kills_own_worker", alive_s=0.1)
     with override_settings(JOBS_MAX_CLAIMS_PER_STAGE=3):
-        Job.objects.filter(pk=job.id).update(claims=3, attempts=3)
+        job = _running(clock, principal, "test.kills_own_worker", alive_s=0.1, claims=2, attempts=2)
         # when the reaper runs
         reap_expired_leases()
     # then it is poison, not retried again although its attempt budget (50) is not spent
@@ -216,9 +219,8 @@ def test_reaper_dead_letters_poison_after_too_many_unfinished_claims(principal: 
 
 def test_claim_refuses_a_redelivered_stage_past_the_claim_limit(principal: Any) -> None:
     # given a queued job whose stage has already been claimed the maximum number of times
-    job = _submit(principal, "demo.flaky")
+    job = JobFactory.create(principal=principal.user, job_type="demo.flaky", claims=2)
     with override_settings(JOBS_MAX_CLAIMS_PER_STAGE=2):
-        Job.objects.filter(pk=job.id).update(claims=2)
         # when its message is delivered once more
         outcome = _run(job.id)
     # then the handler never runs and the job is dead-lettered as poison
@@ -228,12 +230,14 @@ def test_claim_refuses_a_redelivered_stage_past_the_claim_limit(principal: Any) 
     assert not JobRun.objects.filter(job_id=job.id).exists()
 
 
-def test_reaper_dead_letters_a_lost_commit_that_is_not_idempotent(principal: Any) -> None:
+def test_reaper_dead_letters_a_lost_commit_that_is_not_idempotent(
+    clock: time_machine.Traveller, principal: Any
+) -> None:
     # given a type whose commit bypasses the effect ledger, lost during finalize
     from examples.job_types import LocalStoreWrite
     from jobs.registry import registry
 
-    job = _running(principal, "demo.local_store_write", {"key": "k", "data": {}}, stage="finalize", alive_s=1)
+    job = _running(clock, principal, "demo.local_store_write", {"key": "k", "data": {}}, stage="finalize", alive_s=1)
     instance = registry.get("demo.local_store_write")
     instance.idempotent_commit = False  # type: ignore[misc]
     try:
@@ -247,9 +251,11 @@ def test_reaper_dead_letters_a_lost_commit_that_is_not_idempotent(principal: Any
     assert LocalStoreWrite.idempotent_commit is True
 
 
-def test_reaper_retries_a_lost_commit_that_goes_through_the_ledger(principal: Any) -> None:
+def test_reaper_retries_a_lost_commit_that_goes_through_the_ledger(
+    clock: time_machine.Traveller, principal: Any
+) -> None:
     # given the same lost finalize on a type whose commit goes through the effect ledger
-    job = _running(principal, "demo.local_store_write", {"key": "k", "data": {}}, stage="finalize", alive_s=1)
+    job = _running(clock, principal, "demo.local_store_write", {"key": "k", "data": {}}, stage="finalize", alive_s=1)
     # when the reaper runs
     reap_expired_leases()
     # then it is retried: the ledger makes a second commit return the first one's result
@@ -257,10 +263,10 @@ def test_reaper_retries_a_lost_commit_that_goes_through_the_ledger(principal: An
     assert (job.status, job.error_class) == (JobStatus.RETRY_SCHEDULED, ErrorClass.WORKER_LOST)
 
 
-def test_reaper_leaves_a_renewed_lease_alone(principal: Any) -> None:
+def test_reaper_leaves_a_renewed_lease_alone(clock: time_machine.Traveller, principal: Any) -> None:
     # given a running job whose heartbeat renewed the lease
-    job = _running(principal, "demo.flaky", alive_s=1)
-    Job.objects.filter(pk=job.id).update(lease_expires_at=timezone.now() + timedelta(seconds=30))
+    job = _running(clock, principal, "demo.flaky", alive_s=1)
+    assert renew_lease(job.id, Job.objects.get(pk=job.id).current_run_id)
     # when the reaper runs
     counts = reap_expired_leases()
     # then nothing happens to it

@@ -13,15 +13,15 @@ from jobs.models import Job, JobRun, JobStatus
 from jobs.services.submit import SubmitSpec, job_submit
 from jobs.transitions import IllegalTransition, job_transition
 from jobs.worker.runner import stage_run
+from tests.factories import JobFactory, admit
 from tests.harness import race
 
 
 def _queued_job(principal: Any, job_type: str = "demo.noop") -> Job:
-    # Held back from the dispatcher by a far run_after: a worker left running by an earlier test
-    # in the session must not claim it before the race does.
-    result = job_submit(principal=principal.user, spec=SubmitSpec(
-        job_type=job_type, inputs={}, session_id="s", run_after=timezone.now() + timedelta(hours=1)))
-    return result.job
+    """A queued job held back by a far run_after: a live dispatcher (workers this session may be
+    running) never admits it, so only the test moves it."""
+    return JobFactory.create(principal=principal.user, job_type=job_type, session_id="s",
+                             run_after=timezone.now() + timedelta(hours=1))
 
 
 @pytest.mark.django_db(transaction=True)
@@ -44,18 +44,14 @@ def test_two_workers_racing_for_one_transition_only_one_wins(principal: Any) -> 
 def test_racing_claims_of_the_same_message_run_the_handler_once(principal: Any) -> None:
     # given a queued two-stage job, held back from the dispatcher by a far run_after, then
     # admitted by hand (so no worker that may be running in this session sees a message for it)
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     job = job_submit(
         principal=principal.user,
         spec=SubmitSpec(job_type="demo.local_store_write", inputs={"key": "race", "data": {}}, session_id="s",
                         run_after=timezone.now() + timedelta(hours=1)),
     ).job
-    Job.objects.filter(pk=job.id).update(dispatch_token="tok", dispatched_at=timezone.now())
+    token = admit(job)
     # when two deliveries of its execute message are handled at once
-    results = race(2, lambda i: stage_run(job_id=job.id, stage="execute", token="tok", worker=f"w{i}"))
+    results = race(2, lambda i: stage_run(job_id=job.id, stage="execute", token=token, worker=f"w{i}"))
     # then one ran the stage and the other was refused and stamped
     outcomes = sorted(r.outcome for r in results)
     assert outcomes == ["advanced", "refused"], results
