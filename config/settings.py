@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "governance",
     "jobs",
     "approvals",
+    "webhooks",
     "examples",
 ]
 
@@ -323,3 +324,7 @@ APPROVAL_TTL_S = _int("APPROVAL_TTL_S", 24 * 3600, minimum=1)
 # --- Server-sent events ---------------------------------------------------------------------
 API_SSE_POLL_S = _float("API_SSE_POLL_S", 0.5, minimum=0.05)
 API_SSE_MAX_S = _float("API_SSE_MAX_S", 300.0, minimum=1.0)
+
+# --- Webhooks -------------------------------------------------------------------------------
+# After a rotation the previous signing secret keeps signing beside the new one this long.
+WEBHOOK_SECRET_OVERLAP_S = _int("WEBHOOK_SECRET_OVERLAP_S", 24 * 3600)

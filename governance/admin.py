@@ -5,7 +5,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 
-from governance.models import Decision, Grant, PolicyRule
+from governance.models import Decision, Grant, PolicyRule, WebhookSecret
 from governance.policy import conditions_errors, redact_fields_errors
 
 RISKS = ("low", "medium", "high", "critical")
@@ -71,3 +71,20 @@ class PolicyRuleAdmin(admin.ModelAdmin[PolicyRule]):
     list_filter = ("decision", "enabled", "scope", "risk")
     search_fields = ("name", "job_type", "reason")
     raw_id_fields = ("principal",)
+
+
+@admin.register(WebhookSecret)
+class WebhookSecretAdmin(admin.ModelAdmin[WebhookSecret]):
+    """Who has a signing secret and when it was rotated; the secret itself is never shown here
+    (its owner reads it at ``GET /api/v1/me``)."""
+
+    list_display = ("principal", "created_at", "rotated_at")
+    search_fields = ("principal__username",)
+    fields = ("principal", "created_at", "rotated_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
