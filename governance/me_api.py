@@ -47,7 +47,7 @@ class WebhookSecretRotateView(APIView):
         }),
     )
     def post(self, request: Request) -> Response:
-        rotated = webhook_secret_rotate(principal_id=int(request.user.pk))  # authenticated: has a pk
+        rotated = webhook_secret_rotate(principal=request.user)
         return Response({
             "webhook_secret": rotated.secret,
             "previous_valid_until": rotated.previous_valid_until.isoformat() if rotated.previous_valid_until else None,

@@ -10,6 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
@@ -102,9 +103,12 @@ class RotatedSecret:
     previous_valid_until: datetime | None
 
 
-def webhook_secret_rotate(*, principal_id: int) -> RotatedSecret:
+def webhook_secret_rotate(*, principal: AbstractBaseUser | AnonymousUser) -> RotatedSecret:
     """Replace the principal's signing secret; the one it replaces keeps signing beside it for
     ``WEBHOOK_SECRET_OVERLAP_S`` (a second rotation inside that window drops the oldest)."""
+    principal_id = principal.pk
+    if principal_id is None:
+        raise ValueError("an anonymous user has no webhook secret")
     now = timezone.now()
     fresh = webhook_secret_new()
     with transaction.atomic():
