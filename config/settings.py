@@ -253,6 +253,8 @@ CELERY_TASK_ROUTES = {
     "approvals.expire": {"queue": "control"},
     "approvals.repair": {"queue": "control"},
     "jobs.enforce_cancels": {"queue": "control"},
+    "webhooks.deliver": {"queue": "delivery"},
+    "webhooks.deliver_due": {"queue": "control"},
 }
 # Publishing happens after commit, sometimes inside an HTTP request: give up fast when the
 # broker is down, the job stays queued in the database and the dispatcher publishes it later.
@@ -269,12 +271,15 @@ JOBS_REAPER_TICK_S = _float("JOBS_REAPER_TICK_S", 5.0, minimum=0.1)
 APPROVALS_EXPIRE_TICK_S = _float("APPROVALS_EXPIRE_TICK_S", 5.0, minimum=0.1)
 # How often running jobs whose cancel grace ran out are terminated (jobs.enforce_cancels).
 JOBS_CANCEL_ENFORCE_TICK_S = _float("JOBS_CANCEL_ENFORCE_TICK_S", 2.0, minimum=0.1)
+# How often due webhook deliveries (retries, lost messages) are published (webhooks.deliver_due).
+WEBHOOK_TICK_S = _float("WEBHOOK_TICK_S", 5.0, minimum=0.1)
 CELERY_BEAT_SCHEDULE = {
     "jobs-dispatch-tick": {"task": "jobs.dispatch_tick", "schedule": JOBS_DISPATCH_TICK_S},
     "jobs-reap-leases": {"task": "jobs.reap_leases", "schedule": JOBS_REAPER_TICK_S},
     "approvals-expire": {"task": "approvals.expire", "schedule": APPROVALS_EXPIRE_TICK_S},
     "approvals-repair": {"task": "approvals.repair", "schedule": APPROVALS_EXPIRE_TICK_S * 6},
     "jobs-enforce-cancels": {"task": "jobs.enforce_cancels", "schedule": JOBS_CANCEL_ENFORCE_TICK_S},
+    "webhooks-deliver-due": {"task": "webhooks.deliver_due", "schedule": WEBHOOK_TICK_S},
 }
 
 # --- Jobs -----------------------------------------------------------------------------------
@@ -326,5 +331,24 @@ API_SSE_POLL_S = _float("API_SSE_POLL_S", 0.5, minimum=0.05)
 API_SSE_MAX_S = _float("API_SSE_MAX_S", 300.0, minimum=1.0)
 
 # --- Webhooks -------------------------------------------------------------------------------
+# Where the platform is reached from outside: the links inside webhook events start with it.
+PLATFORM_PUBLIC_URL = env.str("PLATFORM_PUBLIC_URL", default="http://127.0.0.1:8000").rstrip("/")
 # After a rotation the previous signing secret keeps signing beside the new one this long.
 WEBHOOK_SECRET_OVERLAP_S = _int("WEBHOOK_SECRET_OVERLAP_S", 24 * 3600)
+# One attempt: connecting may take this long, the whole exchange at most WEBHOOK_TIMEOUT_S.
+WEBHOOK_CONNECT_TIMEOUT_S = _float("WEBHOOK_CONNECT_TIMEOUT_S", 3.0, minimum=0.1)
+WEBHOOK_TIMEOUT_S = _float("WEBHOOK_TIMEOUT_S", 10.0, minimum=0.5)
+# An event body above this size carries a link to the result instead of the result.
+WEBHOOK_MAX_BODY_BYTES = _int("WEBHOOK_MAX_BODY_BYTES", 64 * 1024, minimum=1024)
+# How much of the receiver's answer is kept on the delivery row.
+WEBHOOK_RESPONSE_SNIPPET_BYTES = _int("WEBHOOK_RESPONSE_SNIPPET_BYTES", 1024)
+# Failed attempts are retried with exponential backoff (base * 2^(n-1), capped, +/- 25 % jitter)
+# until WEBHOOK_RETRY_FOR_S after the event; then the delivery is ``failed``.
+WEBHOOK_BACKOFF_BASE_S = _float("WEBHOOK_BACKOFF_BASE_S", 5.0, minimum=0.01)
+WEBHOOK_BACKOFF_MAX_S = _float("WEBHOOK_BACKOFF_MAX_S", 3600.0, minimum=0.01)
+WEBHOOK_RETRY_FOR_S = _float("WEBHOOK_RETRY_FOR_S", 24 * 3600.0)
+# A published delivery not attempted after this long is published again (lost message).
+WEBHOOK_REPUBLISH_AFTER_S = _int("WEBHOOK_REPUBLISH_AFTER_S", 60, minimum=1)
+# Deliveries published right after the commit that made them (a bulk cancel of thousands leaves
+# the rest to the WEBHOOK_TICK_S tick instead of publishing inside the request).
+WEBHOOK_PUBLISH_AT_ONCE = _int("WEBHOOK_PUBLISH_AT_ONCE", 50)

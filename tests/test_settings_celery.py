@@ -27,8 +27,10 @@ def test_reliability_settings_reach_celery() -> None:
     assert conf.task_routes["jobs.finalize"] == {"queue": "finalize"}
     assert conf.beat_scheduler == settings.CELERY_BEAT_SCHEDULER
     assert set(conf.beat_schedule) == {"jobs-dispatch-tick", "jobs-reap-leases", "jobs-enforce-cancels",
-                                       "approvals-expire"}
+                                       "approvals-expire", "approvals-repair", "webhooks-deliver-due"}
     assert conf.task_routes["jobs.enforce_cancels"] == {"queue": "control"}
+    assert conf.task_routes["webhooks.deliver"] == {"queue": "delivery"}
+    assert conf.task_routes["webhooks.deliver_due"] == {"queue": "control"}
 
 
 def test_every_celery_setting_is_a_known_celery_key() -> None:

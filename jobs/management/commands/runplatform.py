@@ -5,7 +5,7 @@ Steps:
    and Flower's basic-auth credentials, unless the environment provides them.
 2. migrate, collectstatic, and ensure the ``demo`` principal (grants, token, admin login).
 3. Start gunicorn (gthread, so Server-Sent Event streams do not block other requests), a
-   Celery worker consuming intake/execute/finalize/control, Celery beat (the database
+   Celery worker consuming intake/execute/finalize/control/delivery, Celery beat (the database
    scheduler from settings) and Flower, and supervise them (common.supervisor).
 4. Print the URLs and credentials and a ``platform ready`` line once the web server (and
    Flower) answer HTTP.
@@ -37,17 +37,18 @@ from jobs.admission.dispatcher import stage_queue
 DEMO_USERNAME = "demo"
 DEMO_GRANTS = ["demo:*", "store:write", "net:call", "approve:*"]
 CONTROL_QUEUE = "control"
+DELIVERY_QUEUE = "delivery"  # webhook attempts (webhooks.deliver)
 WORKER_NAME = "worker"
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 def worker_queues() -> list[str]:
     """Every queue a job message can go to: the three stage queues, their per-scope variants
-    (``JOBS_SCOPE_QUEUES``) and the housekeeping queue."""
+    (``JOBS_SCOPE_QUEUES``), the housekeeping queue and webhook delivery."""
     queues = list(settings.JOB_QUEUES)
     for scope in settings.JOBS_SCOPE_QUEUES:
         queues += [stage_queue(stage, scope) for stage in settings.JOB_QUEUES]
-    queues.append(CONTROL_QUEUE)
+    queues += [CONTROL_QUEUE, DELIVERY_QUEUE]
     return list(dict.fromkeys(queues))
 
 
