@@ -17,6 +17,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_constraints": 400,
     "unknown_job_type": 400,
     "malformed_json": 400,
+    "callback_url_forbidden": 400,
     # 403: who is asking may not do this
     "permission_denied": 403,
     "missing_permission": 403,

@@ -7,6 +7,7 @@ a typo in a time limit must not silently disable it.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,17 @@ def _bool(name: str, default: bool) -> bool:
 
 def _list(name: str, default: str) -> list[str]:
     return [item.strip() for item in env.str(name, default=default).split(",") if item.strip()]
+
+
+def _networks(name: str, default: str) -> list[str]:
+    """A comma-separated list of CIDR networks (``10.0.0.0/8,fd00::/8``), each checked."""
+    values = _list(name, default)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name} must list CIDR networks, got {value!r}") from exc
+    return values
 
 
 VAR_DIR = Path(env.str("PLATFORM_VAR_DIR", default=str(BASE_DIR / "var")))
@@ -335,6 +347,9 @@ API_SSE_MAX_S = _float("API_SSE_MAX_S", 300.0, minimum=1.0)
 PLATFORM_PUBLIC_URL = env.str("PLATFORM_PUBLIC_URL", default="http://127.0.0.1:8000").rstrip("/")
 # After a rotation the previous signing secret keeps signing beside the new one this long.
 WEBHOOK_SECRET_OVERLAP_S = _int("WEBHOOK_SECRET_OVERLAP_S", 24 * 3600)
+# Callback addresses inside these networks are allowed although private, loopback, link-local…
+# (default: none; see governance/egress.py).
+WEBHOOK_ALLOWED_NETWORKS = _networks("WEBHOOK_ALLOWED_NETWORKS", "")
 # One attempt: connecting may take this long, the whole exchange at most WEBHOOK_TIMEOUT_S.
 WEBHOOK_CONNECT_TIMEOUT_S = _float("WEBHOOK_CONNECT_TIMEOUT_S", 3.0, minimum=0.1)
 WEBHOOK_TIMEOUT_S = _float("WEBHOOK_TIMEOUT_S", 10.0, minimum=0.5)

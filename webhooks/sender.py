@@ -1,9 +1,11 @@
 """One HTTP POST of one webhook attempt, with hard limits.
 
-The host name is resolved here, once, and the connection is made to the resolved address
-itself (the ``Host`` header and TLS SNI/certificate check carry the name), so the address that
-is checked is the address that is connected to — a second lookup by an HTTP library could
-answer differently (DNS rebinding). Limits: ``WEBHOOK_CONNECT_TIMEOUT_S`` to connect,
+The host name is resolved here, once, every resolved address is checked against the callback
+address policy (``governance.egress``), and the connection is made to the checked address
+itself (the ``Host`` header and TLS SNI/certificate check carry the name), whose peer address
+is checked again before a byte is sent — so the address that is checked is the address that is
+connected to; a second lookup by an HTTP library could answer differently (DNS rebinding).
+A forbidden target is not retried: the delivery is ``stopped``. Limits: ``WEBHOOK_CONNECT_TIMEOUT_S`` to connect,
 ``WEBHOOK_TIMEOUT_S`` for the whole exchange (a timer closes the socket at the deadline, so a
 receiver trickling bytes cannot hold a worker longer), no redirect followed (a 3xx is an answer
 like any other non-2xx), and only the first ``WEBHOOK_RESPONSE_SNIPPET_BYTES`` of the answer read.
@@ -19,6 +21,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from governance.egress import address_refusal, resolve
+
 USER_AGENT = "jobplatform-webhooks/1"
 
 
@@ -29,11 +33,6 @@ class SendResult:
     error: str = ""
     address: str = ""  # the address connected to
     forbidden: bool = False  # refused before any byte was sent: the target is not allowed
-
-
-def _resolve(host: str, port: int) -> list[str]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def post_json(
@@ -52,9 +51,15 @@ def post_json(
     if parts.scheme not in {"http", "https"} or not host:
         return SendResult(error="not an http(s) URL", forbidden=True)
     try:
-        addresses = _resolve(host, port)
+        addresses = resolve(host, port)
     except OSError as exc:
         return SendResult(error=f"cannot resolve {host}: {exc}"[:300])
+    # The address policy (governance.egress), on what the name resolves to now: one forbidden
+    # answer refuses the target, exactly as at submit.
+    for address in addresses:
+        reason = address_refusal(address)
+        if reason is not None:
+            return SendResult(error=f"forbidden address {address} ({reason})", address=address, forbidden=True)
     sock: socket.socket | None = None
     error = "no address"
     for address in addresses:
@@ -70,6 +75,10 @@ def post_json(
     if sock is None:
         return SendResult(error=error[:300])
     peer = str(sock.getpeername()[0])
+    reason = address_refusal(peer)
+    if reason is not None:  # the address actually connected to, checked again before any byte goes
+        _close_quietly(sock)
+        return SendResult(error=f"forbidden address {peer} ({reason})", address=peer, forbidden=True)
     # The hard deadline: whatever phase the exchange is in, the socket closes under it. (TLS
     # wrapping detaches the plain socket, so the timer closes whichever is current.)
     current = {"sock": sock}
