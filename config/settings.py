@@ -58,6 +58,17 @@ def _list(name: str, default: str) -> list[str]:
     return [item.strip() for item in env.str(name, default=default).split(",") if item.strip()]
 
 
+def _routes(name: str, default: str) -> dict[str, dict[str, str]]:
+    """Celery task routes from ``pattern=queue,pattern=queue`` (glob patterns: ``billing.*=billing``)."""
+    routes: dict[str, dict[str, str]] = {}
+    for item in _list(name, default):
+        pattern, sep, queue = (part.strip() for part in item.partition("="))
+        if not sep or not pattern or not queue:
+            raise ImproperlyConfigured(f"{name} must be pattern=queue pairs, got {item!r}")
+        routes[pattern] = {"queue": queue}
+    return routes
+
+
 def _networks(name: str, default: str) -> list[str]:
     """A comma-separated list of CIDR networks (``10.0.0.0/8,fd00::/8``), each checked."""
     values = _list(name, default)
@@ -267,6 +278,9 @@ CELERY_TASK_ROUTES = {
     "jobs.enforce_cancels": {"queue": "control"},
     "webhooks.deliver": {"queue": "delivery"},
     "webhooks.deliver_due": {"queue": "control"},
+    # Task names the platform sends but does not run: job types' on_finish tasks of downstream
+    # Celery apps ("billing.*=billing"); unrouted names would land on the control queue.
+    **_routes("JOBS_EXTRA_TASK_ROUTES", ""),
 }
 # Publishing happens after commit, sometimes inside an HTTP request: give up fast when the
 # broker is down, the job stays queued in the database and the dispatcher publishes it later.

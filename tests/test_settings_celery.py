@@ -58,7 +58,8 @@ def test_task_classes_carry_reliability_defaults() -> None:
 @pytest.mark.parametrize(
     ("name", "value"),
     [("JOBS_LEASE_S", "thirty"), ("DJANGO_DEBUG", "maybe"), ("JOBS_MAX_IN_FLIGHT", "0"),
-     ("DATABASE_URL", "nonsense://"), ("WEBHOOK_ALLOWED_NETWORKS", "10.0.0.0/33")],
+     ("DATABASE_URL", "nonsense://"), ("WEBHOOK_ALLOWED_NETWORKS", "10.0.0.0/33"),
+     ("JOBS_EXTRA_TASK_ROUTES", "billing.*")],
 )
 def test_malformed_environment_fails_fast(name: str, value: str) -> None:
     # given a malformed value in the environment
