@@ -13,6 +13,7 @@ from typing import Any
 
 import django_stubs_ext
 import environ
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 # Lets admin and querysets be subscripted at runtime (``admin.ModelAdmin[Job]``) for typing.
@@ -67,6 +68,18 @@ def _routes(name: str, default: str) -> dict[str, dict[str, str]]:
             raise ImproperlyConfigured(f"{name} must be pattern=queue pairs, got {item!r}")
         routes[pattern] = {"queue": queue}
     return routes
+
+
+def _time_of_day(name: str, default: str) -> tuple[int, int]:
+    raw = env.str(name, default=default)
+    hour, sep, minute = raw.partition(":")
+    try:
+        value = (int(hour), int(minute))
+    except ValueError:
+        value = (-1, -1)
+    if not sep or not (0 <= value[0] <= 23 and 0 <= value[1] <= 59):
+        raise ImproperlyConfigured(f"{name} must be a time of day HH:MM, got {raw!r}")
+    return value
 
 
 def _networks(name: str, default: str) -> list[str]:
@@ -278,6 +291,7 @@ CELERY_TASK_ROUTES = {
     "jobs.enforce_cancels": {"queue": "control"},
     "webhooks.deliver": {"queue": "delivery"},
     "webhooks.deliver_due": {"queue": "control"},
+    "jobs.retention": {"queue": "control"},
     # Task names the platform sends but does not run: job types' on_finish tasks of downstream
     # Celery apps ("billing.*=billing"); unrouted names would land on the control queue.
     **_routes("JOBS_EXTRA_TASK_ROUTES", ""),
@@ -299,6 +313,10 @@ APPROVALS_EXPIRE_TICK_S = _float("APPROVALS_EXPIRE_TICK_S", 5.0, minimum=0.1)
 JOBS_CANCEL_ENFORCE_TICK_S = _float("JOBS_CANCEL_ENFORCE_TICK_S", 2.0, minimum=0.1)
 # How often due webhook deliveries (retries, lost messages) are published (webhooks.deliver_due).
 WEBHOOK_TICK_S = _float("WEBHOOK_TICK_S", 5.0, minimum=0.1)
+# Retention (jobs.retention, daily at JOBS_RETENTION_AT in CELERY_TIMEZONE): terminal jobs finished
+# more than JOBS_RETENTION_DAYS ago are deleted with their stamps; 0 turns it off.
+JOBS_RETENTION_DAYS = _int("JOBS_RETENTION_DAYS", 30)
+JOBS_RETENTION_AT = _time_of_day("JOBS_RETENTION_AT", "03:00")
 CELERY_BEAT_SCHEDULE = {
     "jobs-dispatch-tick": {"task": "jobs.dispatch_tick", "schedule": JOBS_DISPATCH_TICK_S},
     "jobs-reap-leases": {"task": "jobs.reap_leases", "schedule": JOBS_REAPER_TICK_S},
@@ -306,6 +324,8 @@ CELERY_BEAT_SCHEDULE = {
     "approvals-repair": {"task": "approvals.repair", "schedule": APPROVALS_EXPIRE_TICK_S * 6},
     "jobs-enforce-cancels": {"task": "jobs.enforce_cancels", "schedule": JOBS_CANCEL_ENFORCE_TICK_S},
     "webhooks-deliver-due": {"task": "webhooks.deliver_due", "schedule": WEBHOOK_TICK_S},
+    "jobs-retention": {"task": "jobs.retention",
+                       "schedule": crontab(hour=JOBS_RETENTION_AT[0], minute=JOBS_RETENTION_AT[1])},
 }
 
 # --- Jobs -----------------------------------------------------------------------------------
