@@ -18,7 +18,7 @@ from standardwebhooks.webhooks import Webhook
 
 from jobs.models import Job
 from tests.conftest import wait_status
-from tests.harness import wait_until
+from tests.harness import ROOT, wait_until
 from tests.webhook_receiver import receiver
 from webhooks.models import Delivery, DeliveryStatus
 
@@ -152,3 +152,33 @@ def test_pending_approval_is_announced_and_jobs_without_a_callback_are_not(live:
         assert types == ["job.cancelled", "job.pending_approval"]
         assert Job.objects.get(pk=waiting).status == "cancelled"
 
+
+
+def _documented_receiver() -> str:
+    """The receiver snippet of docs/api.md (the indented block after "A receiver's verification")."""
+    text = (ROOT / "docs" / "api.md").read_text()
+    lines = text[text.index("A receiver's verification"):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("    import os"))
+    block: list[str] = []
+    for line in lines[start:]:
+        if line and not line.startswith("    "):
+            break
+        block.append(line[4:])
+    return "\n".join(block).strip() + "\n"
+
+
+def test_the_documented_receiver_verifies_a_real_delivery(live: Any, api: Any, submit: Any,
+                                                          monkeypatch: Any) -> None:
+    # given the ten lines of docs/api.md, with the secret from /me
+    source = _documented_receiver()
+    assert len([line for line in source.splitlines() if line.strip()]) == 10
+    monkeypatch.setenv("WEBHOOK_SECRET", _secret(api))
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "docs/api.md", "exec"), namespace)
+    with receiver() as hook:
+        # when a real delivery arrives
+        job_id = submit("demo.noop", {}, callback_url=hook.url).json()["job_id"]
+        [request] = hook.wait_for(1)
+        # then the snippet accepts it, and refuses it once the body is touched
+        assert namespace["receive"](request.body, request.headers) == 204
+        assert namespace["receive"](request.body.replace(job_id.encode(), b"job_forged"), request.headers) == 400
