@@ -129,6 +129,21 @@ def test_a_delivery_past_its_window_fails_and_the_admin_delivers_it_again(live: 
         assert hook.requests[-1].headers["webhook-id"] == row.event_id
 
 
+def test_a_rotated_secret_keeps_verifying_during_the_overlap(live: Any, api: Any, submit: Any) -> None:
+    # given a principal that rotates its secret
+    old = _secret(api)
+    new = api.post("/api/v1/me/webhook-secret/rotate").json()["webhook_secret"]
+    assert new != old and _secret(api) == new
+    with receiver() as hook:
+        # when a delivery goes out during the overlap
+        submit("demo.noop", {}, callback_url=hook.url)
+        [request] = hook.wait_for(1)
+        # then it carries two signatures, and a receiver holding either secret verifies it
+        assert len(request.headers["webhook-signature"].split(" ")) == 2
+        assert Webhook(new).verify(request.body, request.headers)["type"] == "job.succeeded"
+        assert Webhook(old).verify(request.body, request.headers)["type"] == "job.succeeded"
+
+
 def test_pending_approval_is_announced_and_jobs_without_a_callback_are_not(live: Any, api: Any,
                                                                          submit: Any) -> None:
     secret = _secret(api)
