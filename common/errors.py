@@ -18,6 +18,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "unknown_job_type": 400,
     "malformed_json": 400,
     "invalid_draft_rules": 400,
+    "callback_url_forbidden": 400,
     # 403: who is asking may not do this
     "permission_denied": 403,
     "missing_permission": 403,

@@ -7,12 +7,14 @@ Malformed values fail fast with ImproperlyConfigured: a typo in a time limit mus
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
 
 import django_stubs_ext
 import environ
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 # Lets admin and querysets be subscripted at runtime (``admin.ModelAdmin[Job]``) for typing.
@@ -58,6 +60,40 @@ def _list(name: str, default: str) -> list[str]:
     return [item.strip() for item in env.str(name, default=default).split(",") if item.strip()]
 
 
+def _routes(name: str, default: str) -> dict[str, dict[str, str]]:
+    """Celery task routes from ``pattern=queue,pattern=queue`` (glob patterns: ``billing.*=billing``)."""
+    routes: dict[str, dict[str, str]] = {}
+    for item in _list(name, default):
+        pattern, sep, queue = (part.strip() for part in item.partition("="))
+        if not sep or not pattern or not queue:
+            raise ImproperlyConfigured(f"{name} must be pattern=queue pairs, got {item!r}")
+        routes[pattern] = {"queue": queue}
+    return routes
+
+
+def _time_of_day(name: str, default: str) -> tuple[int, int]:
+    raw = env.str(name, default=default)
+    hour, sep, minute = raw.partition(":")
+    try:
+        value = (int(hour), int(minute))
+    except ValueError:
+        value = (-1, -1)
+    if not sep or not (0 <= value[0] <= 23 and 0 <= value[1] <= 59):
+        raise ImproperlyConfigured(f"{name} must be a time of day HH:MM, got {raw!r}")
+    return value
+
+
+def _networks(name: str, default: str) -> list[str]:
+    """A comma-separated list of CIDR networks (``10.0.0.0/8,fd00::/8``), each checked."""
+    values = _list(name, default)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name} must list CIDR networks, got {value!r}") from exc
+    return values
+
+
 VAR_DIR = Path(env.str("PLATFORM_VAR_DIR", default=str(BASE_DIR / "var")))
 
 DEBUG = _bool("DJANGO_DEBUG", False)
@@ -86,6 +122,7 @@ INSTALLED_APPS = [
     "governance",
     "jobs",
     "approvals",
+    "webhooks",
     "examples",
 ]
 
@@ -241,6 +278,12 @@ CELERY_TASK_ROUTES = {
     "approvals.expire": {"queue": "control"},
     "approvals.repair": {"queue": "control"},
     "jobs.enforce_cancels": {"queue": "control"},
+    "webhooks.deliver": {"queue": "delivery"},
+    "webhooks.deliver_due": {"queue": "control"},
+    "jobs.retention": {"queue": "control"},
+    # Task names the platform sends but does not run: job types' on_finish tasks of downstream
+    # Celery apps ("billing.*=billing"); unrouted names would land on the control queue.
+    **_routes("JOBS_EXTRA_TASK_ROUTES", ""),
 }
 # Publishing happens after commit, sometimes inside an HTTP request: give up fast when the
 # broker is down, the job stays queued in the database and the dispatcher publishes it later.
@@ -260,12 +303,21 @@ JOBS_REAPER_TICK_S = _float("JOBS_REAPER_TICK_S", 5.0, minimum=0.1)
 APPROVALS_EXPIRE_TICK_S = _float("APPROVALS_EXPIRE_TICK_S", 5.0, minimum=0.1)
 # How often running jobs whose cancel grace ran out are terminated (jobs.enforce_cancels).
 JOBS_CANCEL_ENFORCE_TICK_S = _float("JOBS_CANCEL_ENFORCE_TICK_S", 2.0, minimum=0.1)
+# How often due webhook deliveries (retries, lost messages) are published (webhooks.deliver_due).
+WEBHOOK_TICK_S = _float("WEBHOOK_TICK_S", 5.0, minimum=0.1)
+# Retention (jobs.retention, daily at JOBS_RETENTION_AT in CELERY_TIMEZONE): terminal jobs finished
+# more than JOBS_RETENTION_DAYS ago are deleted with their stamps; 0 turns it off.
+JOBS_RETENTION_DAYS = _int("JOBS_RETENTION_DAYS", 30)
+JOBS_RETENTION_AT = _time_of_day("JOBS_RETENTION_AT", "03:00")
 CELERY_BEAT_SCHEDULE = {
     "jobs-dispatch-tick": {"task": "jobs.dispatch_tick", "schedule": JOBS_DISPATCH_TICK_S},
     "jobs-reap-leases": {"task": "jobs.reap_leases", "schedule": JOBS_REAPER_TICK_S},
     "approvals-expire": {"task": "approvals.expire", "schedule": APPROVALS_EXPIRE_TICK_S},
     "approvals-repair": {"task": "approvals.repair", "schedule": APPROVALS_EXPIRE_TICK_S * 6},
     "jobs-enforce-cancels": {"task": "jobs.enforce_cancels", "schedule": JOBS_CANCEL_ENFORCE_TICK_S},
+    "webhooks-deliver-due": {"task": "webhooks.deliver_due", "schedule": WEBHOOK_TICK_S},
+    "jobs-retention": {"task": "jobs.retention",
+                       "schedule": crontab(hour=JOBS_RETENTION_AT[0], minute=JOBS_RETENTION_AT[1])},
 }
 
 # --- Jobs -----------------------------------------------------------------------------------
@@ -368,3 +420,29 @@ AUDIT_SIGNING_KEY_PATH = Path(env.str("AUDIT_SIGNING_KEY_PATH",
 # --- Server-sent events ---------------------------------------------------------------------
 API_SSE_POLL_S = _float("API_SSE_POLL_S", 0.5, minimum=0.05)
 API_SSE_MAX_S = _float("API_SSE_MAX_S", 300.0, minimum=1.0)
+
+# --- Webhooks -------------------------------------------------------------------------------
+# Where the platform is reached from outside: the links inside webhook events start with it.
+PLATFORM_PUBLIC_URL = env.str("PLATFORM_PUBLIC_URL", default="http://127.0.0.1:8000").rstrip("/")
+# After a rotation the previous signing secret keeps signing beside the new one this long.
+WEBHOOK_SECRET_OVERLAP_S = _int("WEBHOOK_SECRET_OVERLAP_S", 24 * 3600)
+# Callback addresses inside these networks are allowed although private, loopback, link-local…
+# (default: none; see governance/egress.py).
+WEBHOOK_ALLOWED_NETWORKS = _networks("WEBHOOK_ALLOWED_NETWORKS", "")
+# One attempt: connecting may take this long, the whole exchange at most WEBHOOK_TIMEOUT_S.
+WEBHOOK_CONNECT_TIMEOUT_S = _float("WEBHOOK_CONNECT_TIMEOUT_S", 3.0, minimum=0.1)
+WEBHOOK_TIMEOUT_S = _float("WEBHOOK_TIMEOUT_S", 10.0, minimum=0.5)
+# An event body above this size carries a link to the result instead of the result.
+WEBHOOK_MAX_BODY_BYTES = _int("WEBHOOK_MAX_BODY_BYTES", 64 * 1024, minimum=1024)
+# How much of the receiver's answer is kept on the delivery row.
+WEBHOOK_RESPONSE_SNIPPET_BYTES = _int("WEBHOOK_RESPONSE_SNIPPET_BYTES", 1024)
+# Failed attempts are retried with exponential backoff (base * 2^(n-1), capped, +/- 25 % jitter)
+# until WEBHOOK_RETRY_FOR_S after the event; then the delivery is ``failed``.
+WEBHOOK_BACKOFF_BASE_S = _float("WEBHOOK_BACKOFF_BASE_S", 5.0, minimum=0.01)
+WEBHOOK_BACKOFF_MAX_S = _float("WEBHOOK_BACKOFF_MAX_S", 3600.0, minimum=0.01)
+WEBHOOK_RETRY_FOR_S = _float("WEBHOOK_RETRY_FOR_S", 24 * 3600.0)
+# A published delivery not attempted after this long is published again (lost message).
+WEBHOOK_REPUBLISH_AFTER_S = _int("WEBHOOK_REPUBLISH_AFTER_S", 60, minimum=1)
+# Deliveries published right after the commit that made them (a bulk cancel of thousands leaves
+# the rest to the WEBHOOK_TICK_S tick instead of publishing inside the request).
+WEBHOOK_PUBLISH_AT_ONCE = _int("WEBHOOK_PUBLISH_AT_ONCE", 50)

@@ -78,3 +78,22 @@ class PolicyRule(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.order} {self.name} → {self.decision}"
+
+
+class WebhookSecret(models.Model):
+    """A principal's webhook signing secret (``whsec_<base64>``), Fernet-encrypted at rest.
+
+    After a rotation the ``previous`` secret keeps signing beside the new one until
+    ``rotated_at`` + ``WEBHOOK_SECRET_OVERLAP_S``, so receivers can switch without losing events.
+    """
+
+    principal = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="webhook_secret"
+    )
+    secret = models.TextField(help_text="encrypted")
+    previous = models.TextField(blank=True, default="", help_text="encrypted; signs until the overlap ends")
+    rotated_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"webhook secret of principal {self.principal_id}"

@@ -83,3 +83,12 @@ def secret_strings(values: dict[str, Any]) -> list[str]:
         elif v is not None and not isinstance(v, bool):
             out.append(json.dumps(v))
     return out
+
+
+def text_encrypt(value: str) -> str:
+    """One secret string, encrypted (signing secrets and the like)."""
+    return _fernet().encrypt(value.encode()).decode()
+
+
+def text_decrypt(token: str) -> str:
+    return _fernet().decrypt(token.encode()).decode() if token else ""

@@ -1,14 +1,18 @@
-"""What the jobs app needs from an approvals add-on, declared here and registered by it.
+"""What the jobs app needs from its add-ons, declared here and registered by them.
 
 Jobs never imports an add-on. An app that provides human approval (``approvals``) implements
 :class:`ApprovalGate` and calls :func:`approval_gate_register` from its ``AppConfig.ready``.
 Every method runs in the caller's transaction, so a job moved to ``pending_approval`` and its
 open request commit together — a job can never wait for a request nobody can see.
+
+An app that reacts to jobs reaching a status somebody waits for (``webhooks``) implements
+:class:`StatusObserver` and calls :func:`status_observer_register`; it is called in the
+transaction of the move, so what it records commits (or rolls back) with the status.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -77,3 +81,22 @@ def approval_open(*, job: Job, checkpoint: str, approvers: int) -> None:
     """Open the request for a job just moved to ``pending_approval``, in the same transaction."""
     approval_opening.send(sender=approval_open, job=job, checkpoint=checkpoint)
     _gate.open(job=job, checkpoint=checkpoint, approvers=max(1, approvers))
+
+
+class StatusObserver(Protocol):
+    def reached(self, *, job_ids: Sequence[str], status: str) -> None:
+        """``job_ids`` have just reached ``status`` (``pending_approval`` or a terminal status),
+        in the transaction that moved them. Anything leaving the process goes through
+        ``transaction.on_commit``; an exception here aborts the move with it."""
+
+
+_observers: list[StatusObserver] = []
+
+
+def status_observer_register(observer: StatusObserver) -> None:
+    if observer not in _observers:
+        _observers.append(observer)
+
+
+def status_observers() -> tuple[StatusObserver, ...]:
+    return tuple(_observers)

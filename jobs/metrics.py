@@ -67,10 +67,14 @@ MESSAGES_REFUSED = Counter(
     "job_messages_refused_total", "Stage messages a worker refused before any handler ran (duplicates, "
     "stale dispatch tokens, wrong status or stage, malformed messages), by reason.", ["reason"],
 )
-# Defined now so dashboards can be built; the webhook delivery (a later change) records it.
 WEBHOOK_DELIVERIES = Counter(
-    "webhook_deliveries_total", "Webhook delivery attempts, by outcome (delivered, retry, failed).", ["outcome"],
+    "webhook_deliveries_total", "Webhook delivery attempts, by outcome (delivered, pending = will retry, "
+    "failed, stopped).", ["outcome"],
 )
+
+
+def webhook_attempted(*, outcome: str) -> None:
+    WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
 
 
 def job_submitted(*, job_type: str, status: str) -> None:

@@ -88,6 +88,10 @@ class JobType:
     dead_letter_on: ClassVar[tuple[type[BaseException], ...]] = ()
     # Whether ``commit`` goes through the effect ledger (exactly-once) — see effect_key().
     idempotent_commit: ClassVar[bool] = True
+    # A Celery task name sent ``(job_id, status)`` after the job's terminal transition commits,
+    # to the queue that name routes to (CELERY_TASK_ROUTES, JOBS_EXTRA_TASK_ROUTES) — for
+    # downstream Celery apps; see jobs/completion.py. Empty: none.
+    on_finish: ClassVar[str] = ""
 
     # --- stage handlers -------------------------------------------------------------------
     def intake(self, ctx: JobContext, inputs: dict[str, Any]) -> dict[str, Any]:

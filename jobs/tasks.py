@@ -18,6 +18,7 @@ from django.db import InterfaceError, OperationalError, close_old_connections
 from jobs.admission.dispatcher import dispatch_ready
 from jobs.logcontext import bind_message, unbind
 from jobs.services.control import cancels_enforce
+from jobs.services.retention import retention_scheduled
 from jobs.worker.outcomes import refuse
 from jobs.worker.reaper import reap_expired_leases
 from jobs.worker.runner import stage_run
@@ -118,3 +119,11 @@ def reap_leases() -> dict[str, int]:
 def enforce_cancels() -> int:
     """Beat: terminate running jobs that ignored a cancel for longer than JOBS_CANCEL_GRACE_S."""
     return cancels_enforce()
+
+
+@shared_task(name="jobs.retention", ignore_result=True, acks_late=False)
+def retention() -> dict[str, object]:
+    """Beat, daily: retention of terminal jobs older than JOBS_RETENTION_DAYS (0: off); the
+    service logs what it removed."""
+    report = retention_scheduled()
+    return report.as_dict() if report is not None else {}

@@ -5,6 +5,9 @@
 process changed the row in between, the UPDATE matches nothing and the call is a no-op that
 returns None — "someone else got there first" — never a double execution. The audit stamp is
 written in the same transaction, so the trail can never disagree with the data.
+
+A move to a status somebody waits for (``pending_approval`` or terminal) is announced through
+:func:`jobs.completion.status_reached` in the same transaction (see there).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from audit.services import SYSTEM_ACTOR, stamp_append, stamps_append_bulk
+from jobs.completion import status_reached
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus
 from jobs.observe import bulk_observed, creation_observed, ids_of, transition_observed
 
@@ -98,6 +102,7 @@ def job_transition(
         )
         transition_observed(job_id=job_id, event=event, actor=actor, from_status=current, to_status=to,
                             details=details)
+        status_reached(job_ids=[job_id], status=to)
     return current
 
 
@@ -117,6 +122,7 @@ def job_created_stamp(
         genesis=True,
     )
     creation_observed(job=job, event=event, actor=actor, details=details)
+    status_reached(job_ids=[job.id], status=job.status)
 
 
 # Ids per UPDATE: keeps every statement's parameter list well under SQLite's limit.
@@ -172,4 +178,5 @@ def jobs_transition_bulk(
             for job_id in ids
         ])
         bulk_observed(moved=moved, jobs=seen, to_status=to, event=event, actor=actor, details=details)
+        status_reached(job_ids=[job_id for ids in moved.values() for job_id in ids], status=to)
     return moved

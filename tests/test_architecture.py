@@ -1,4 +1,4 @@
-"""The apps depend in one direction: audit ← governance ← jobs ← add-ons (approvals, examples).
+"""The apps depend in one direction: audit ← governance ← jobs ← add-ons (approvals, webhooks, examples).
 
 Walks every module of every app with ``ast`` and fails on an import that points up a layer, across
 add-ons, or into the project package ``config`` — naming the file, the line and the import.
@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "governance": 2,
     "jobs": 3,
     "approvals": 4,
+    "webhooks": 4,
     "examples": 4,
 }
 PROJECT_SHELL = "config"

@@ -27,8 +27,11 @@ def test_reliability_settings_reach_celery() -> None:
     assert conf.task_routes["jobs.finalize"] == {"queue": "finalize"}
     assert conf.beat_scheduler == settings.CELERY_BEAT_SCHEDULER
     assert set(conf.beat_schedule) == {"jobs-dispatch-tick", "jobs-reap-leases", "jobs-enforce-cancels",
-                                       "approvals-expire", "approvals-repair"}
+                                       "approvals-expire", "approvals-repair", "webhooks-deliver-due",
+                                       "jobs-retention"}
     assert conf.task_routes["jobs.enforce_cancels"] == {"queue": "control"}
+    assert conf.task_routes["webhooks.deliver"] == {"queue": "delivery"}
+    assert conf.task_routes["webhooks.deliver_due"] == {"queue": "control"}
 
 
 def test_every_celery_setting_is_a_known_celery_key() -> None:
@@ -56,7 +59,8 @@ def test_task_classes_carry_reliability_defaults() -> None:
 @pytest.mark.parametrize(
     ("name", "value"),
     [("JOBS_LEASE_S", "thirty"), ("DJANGO_DEBUG", "maybe"), ("JOBS_MAX_IN_FLIGHT", "0"),
-     ("DATABASE_URL", "nonsense://")],
+     ("DATABASE_URL", "nonsense://"), ("WEBHOOK_ALLOWED_NETWORKS", "10.0.0.0/33"),
+     ("JOBS_EXTRA_TASK_ROUTES", "billing.*"), ("JOBS_RETENTION_AT", "25:00")],
 )
 def test_malformed_environment_fails_fast(name: str, value: str) -> None:
     # given a malformed value in the environment

@@ -1,11 +1,12 @@
 from django.urls import path
 
-from jobs.api import control, operations, policy, views
+from jobs.api import control, operations, policy, retention, views
 
 urlpatterns = [
     path("jobs", views.JobListCreateView.as_view(), name="job-list"),
-    # Before jobs/<str:job_id>, which would take "cancel" for a job id.
+    # Before jobs/<str:job_id>, which would take "cancel" or "cleanup" for a job id.
     path("jobs/cancel", control.JobBulkCancelView.as_view(), name="job-bulk-cancel"),
+    path("jobs/cleanup", retention.JobsCleanupView.as_view(), name="jobs-cleanup"),
     path("jobs/<str:job_id>", views.JobDetailView.as_view(), name="job-detail"),
     path("jobs/<str:job_id>/cancel", control.JobCancelView.as_view(), name="job-cancel"),
     path("jobs/<str:job_id>/audit", views.JobAuditView.as_view(), name="job-audit"),

@@ -15,6 +15,7 @@ from django.utils import timezone
 from audit.events import Event
 from audit.services import canonical_json
 from common.errors import DomainError
+from governance.egress import callback_url_check
 from governance.models import Decision
 from governance.policy import PolicyDecision, policy_evaluate, redact_inputs
 from governance.secrets import encrypt_secrets, split_secrets
@@ -118,7 +119,8 @@ def _initial_status(decision: PolicyDecision) -> tuple[str, str]:
 def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
     """Validate, evaluate policy, stamp and queue one job.
 
-    Steps: (1) resolve the job type; (2) validate inputs and constraints; (3) an idempotency
+    Steps: (1) resolve the job type; (2) validate inputs, constraints and the callback URL's
+    target (``callback_url_forbidden``, see ``governance.egress``); (3) an idempotency
     key already used by this principal returns its job (same payload) or raises
     ``idempotency_conflict``; (4) permission check — a miss records a ``blocked`` job; (5) policy
     — block records a ``blocked`` job, redact replaces fields, require_approval parks the job;
@@ -135,6 +137,7 @@ def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
     if not PRIORITY_RANGE[0] <= spec.priority <= PRIORITY_RANGE[1]:
         raise DomainError("invalid_request", "priority must be between -100 and 100",
                           errors={"priority": ["out of range"]})
+    callback_url_check(url=spec.callback_url)
     request_hash = _request_hash(spec)
     if spec.idempotency_key:
         existing = _idempotent_existing(principal, spec.idempotency_key, request_hash)

@@ -10,7 +10,8 @@ from governance.services import principal_ensure
 
 
 class Command(BaseCommand):
-    help = "Create or update a principal (user + API token) with the given grants; prints the token."
+    help = ("Create or update a principal (user + API token + webhook signing secret) with the given grants; "
+            "prints the token and the secret.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("username")
@@ -36,3 +37,4 @@ class Command(BaseCommand):
         self.stdout.write(f"principal: {result.user.get_username()} ({'created' if result.created else 'updated'})")
         self.stdout.write(f"grants:    {', '.join(sorted(result.grants)) or '(none)'}")
         self.stdout.write(f"token:     {result.token}")
+        self.stdout.write(f"webhook secret: {result.webhook_secret}")

@@ -48,7 +48,8 @@ class Command(BaseCommand):
             signal.signal(signal.SIGTERM, previous)
         verb = "would delete" if report.dry_run else "deleted"
         self.stdout.write(
-            f"{verb}: {report.jobs} job(s), {report.chains} chain(s), {report.stamps} stamp(s) "
+            f"{verb}: {report.jobs} job(s), {report.chains} chain(s), {report.stamps} stamp(s), "
+            f"{report.task_results} task result(s) "
             f"older than {report.before.isoformat()}"
             + ("" if report.dry_run else f" in {report.batches} batch(es)")
             + (" (stopped by SIGTERM)" if report.stopped else "")

