@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.contrib.admin.utils import quote
 from django.test import Client
 
 from approvals.models import ApprovalRequest
@@ -135,7 +136,7 @@ def test_admin_dead_letter_replay_discard_and_rollback(live: Any, submit: Any, r
     # when the operator filters the queue and opens one job
     listing = operator.get("/admin/jobs/deadletteredjob/?error_class__exact=permanent&session=s-dlq")
     assert a.encode() in listing.content and b.encode() in listing.content
-    detail = operator.get(f"/admin/jobs/deadletteredjob/{a}/change/")
+    detail = operator.get(f"/admin/jobs/deadletteredjob/{quote(a)}/change/")
     assert b"asked to fail permanently" in detail.content and b"dead_lettered" in detail.content
     # and replays it (confirmation, then the service)
     url = f"/admin/jobs/deadletteredjob/{a}/replay/"

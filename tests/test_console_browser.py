@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.admin.utils import quote
 
 from audit.models import AuditStamp
 from examples.models import ExternalRecord
@@ -124,6 +125,6 @@ def test_reviewer_approves_and_replays_in_the_console(live: Any, live_server: An
     stamp = AuditStamp.objects.get(job_id=dead_id, event="replayed")
     assert stamp.actor == "principal:reviewer"
     wait_status(dead_id, "dead_lettered")  # it fails permanently again, by design
-    page.goto(f"{base}/admin/jobs/deadletteredjob/{dead_id}/change/")
+    page.goto(f"{base}/admin/jobs/deadletteredjob/{quote(dead_id)}/change/")
     page.wait_for_selector(".stamp-replayed")
     shot(page, "09-replayed-trail")
