@@ -22,7 +22,7 @@ class ApprovalDecisionSerializer(serializers.ModelSerializer):
 
 
 class ApprovalListSerializer(serializers.ModelSerializer):
-    approval_id = serializers.IntegerField(source="pk")
+    approval_id = serializers.CharField(source="public_id")
     job_id = serializers.CharField(source="job.pk")
     job_type = serializers.CharField(source="job.job_type")
     job_status = serializers.CharField(source="job.status")
