@@ -20,6 +20,7 @@ from approvals.serializers import (
 )
 from approvals.services import approval_approve, approval_deny
 from common.errors import DomainError
+from jobs.api.schema import error_responses
 
 
 def _approval_or_404(request: Request, approval_id: str) -> ApprovalRequest:
@@ -46,7 +47,7 @@ class ApprovalListView(ListAPIView):
                            errors={"status": [f"must be one of {', '.join(ApprovalStatus.values)}"]})
         return approvals_visible_to(principal=self.request.user, status=status)
 
-    @extend_schema(parameters=[OpenApiParameter("status", str)])
+    @extend_schema(parameters=[OpenApiParameter("status", str, enum=ApprovalStatus.values)])
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
 
@@ -58,7 +59,8 @@ class ApprovalDetailView(APIView):
 
 
 class ApprovalApproveView(APIView):
-    @extend_schema(request=ApproveSerializer, responses=ApprovalDetailSerializer)
+    @extend_schema(request=ApproveSerializer,
+                   responses={200: ApprovalDetailSerializer, **error_responses(403, 409)})
     def post(self, request: Request, approval_id: str) -> Response:
         approval = _approval_or_404(request, approval_id)
         body = ApproveSerializer(data=request.data)
@@ -70,7 +72,8 @@ class ApprovalApproveView(APIView):
 
 
 class ApprovalDenyView(APIView):
-    @extend_schema(request=DenySerializer, responses=ApprovalDetailSerializer)
+    @extend_schema(request=DenySerializer,
+                   responses={200: ApprovalDetailSerializer, **error_responses(403, 409)})
     def post(self, request: Request, approval_id: str) -> Response:
         approval = _approval_or_404(request, approval_id)
         body = DenySerializer(data=request.data)

@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from approvals.models import ApprovalDecision, ApprovalRequest
 from approvals.selectors import approval_review
+from jobs.api.validation import StrictSerializer
 
 
 class ApprovalDecisionSerializer(serializers.ModelSerializer):
@@ -47,10 +48,14 @@ class ApprovalDetailSerializer(ApprovalListSerializer):
         return review
 
 
-class ApproveSerializer(serializers.Serializer):
+class ApproveSerializer(StrictSerializer):
+    text_fields = frozenset({"comment"})
+
     comment = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
     inputs = serializers.JSONField(required=False, allow_null=True, default=None)
 
 
-class DenySerializer(serializers.Serializer):
+class DenySerializer(StrictSerializer):
+    text_fields = frozenset({"comment"})
+
     comment = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")

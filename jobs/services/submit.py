@@ -15,6 +15,7 @@ from django.utils import timezone
 from audit.events import Event
 from audit.services import canonical_json
 from common.errors import DomainError
+from common.validation import check_identifier, check_json, check_run_after, out_of_range
 from governance.models import Decision
 from governance.policy import PolicyDecision, policy_evaluate, redact_inputs
 from governance.secrets import encrypt_secrets, split_secrets
@@ -101,6 +102,7 @@ def _validate_constraints(constraints: dict[str, Any], job_type: JobType) -> dic
 def validate_inputs(*, job_type: JobType, inputs: Any) -> None:
     if not isinstance(inputs, dict):
         raise DomainError("invalid_inputs", "inputs must be a JSON object", errors={"(root)": ["not an object"]})
+    check_json(inputs, where="inputs")
     errors = _schema_errors(job_type.input_schema, inputs)
     if errors:
         raise DomainError("invalid_inputs", "inputs do not match the job type's schema", errors=errors)
@@ -118,28 +120,31 @@ def _initial_status(decision: PolicyDecision) -> tuple[str, str]:
 def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
     """Validate, evaluate policy, stamp and queue one job.
 
-    Steps: (1) resolve the job type; (2) validate inputs and constraints; (3) an idempotency
+    Steps: (1) resolve the job type (the envelope's identifiers hold no control characters);
+    (2) validate inputs (characters, depth, schema), constraints and priority; (3) an idempotency
     key already used by this principal returns its job (same payload) or raises
-    ``idempotency_conflict``; (4) permission check — a miss records a ``blocked`` job; (5) policy
-    — block records a ``blocked`` job, redact replaces fields, require_approval parks the job;
-    (6) secret fields are split off and encrypted; (7) insert + creation stamp in one
-    transaction (a concurrent duplicate key loses on the unique constraint and is answered like
-    step 3); (8) a dispatch pass runs after commit.
+    ``idempotency_conflict``, then ``run_after`` must be within its horizon; (4) permission
+    check — a miss records a ``blocked`` job; (5) policy — block records a ``blocked`` job,
+    redact replaces fields, require_approval parks the job; (6) secret fields are split off and
+    encrypted; (7) insert + creation stamp in one transaction (a concurrent duplicate key loses
+    on the unique constraint and is answered like step 3); (8) a dispatch pass runs after commit.
     """
+    _check_envelope(spec)
     try:
         job_type = registry.get(spec.job_type)
     except UnknownJobType:
         raise DomainError("unknown_job_type", f"unknown job type {spec.job_type!r}") from None
     validate_inputs(job_type=job_type, inputs=spec.inputs)
     constraints = _validate_constraints(spec.constraints or {}, job_type)
-    if not PRIORITY_RANGE[0] <= spec.priority <= PRIORITY_RANGE[1]:
-        raise DomainError("invalid_request", "priority must be between -100 and 100",
-                          errors={"priority": ["out of range"]})
+    if isinstance(spec.priority, bool) or not PRIORITY_RANGE[0] <= spec.priority <= PRIORITY_RANGE[1]:
+        raise out_of_range("priority", f"must be between {PRIORITY_RANGE[0]} and {PRIORITY_RANGE[1]}")
     request_hash = _request_hash(spec)
     if spec.idempotency_key:
         existing = _idempotent_existing(principal, spec.idempotency_key, request_hash)
         if existing is not None:
             return SubmitResult(existing, created=False)
+    # After the idempotent lookup: repeating an old submit answers its job, whenever it comes.
+    check_run_after(spec.run_after)
 
     public_inputs, secrets = split_secrets(spec.inputs, job_type.secret_fields)
     decision = policy_evaluate(
@@ -223,6 +228,16 @@ def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
             raise
         return SubmitResult(existing, created=False)
     return SubmitResult(job, created=True)
+
+
+def _check_envelope(spec: SubmitSpec) -> None:
+    """The envelope's identifiers hold no control characters, whoever calls (REST, admin, MCP):
+    they reach log lines and consoles."""
+    for name in ("job_type", "session_id", "idempotency_key", "trace_id", "correlation_id",
+                 "conversation_id", "callback_url"):
+        value = getattr(spec, name)
+        if value:
+            check_identifier(str(value), where=name)
 
 
 def _idempotent_existing(principal: User, key: str, request_hash: str) -> Job | None:
