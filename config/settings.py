@@ -349,6 +349,9 @@ JOBS_WORKER_SCOPES = _list("JOBS_WORKER_SCOPES", "*")
 JOBS_SCOPE_QUEUES = _list("JOBS_SCOPE_QUEUES", "")
 JOBS_MODEL_VERSION = env.str("JOBS_MODEL_VERSION", default="none")
 JOBS_SECRET_KEY = env.str("JOBS_SECRET_KEY", default="")
+# Key of the idempotency request hash (an HMAC, so a stored hash confirms no guessed secret);
+# derived from SECRET_KEY when unset. Changing it makes earlier keys answer 409 to a repeat.
+JOBS_REQUEST_HASH_KEY = env.str("JOBS_REQUEST_HASH_KEY", default="")
 
 FLOWER_BASIC_AUTH = env.str("FLOWER_BASIC_AUTH", default="")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,7 +17,7 @@ from common.errors import DomainError
 from common.validation import check_identifier, check_json, check_run_after, out_of_range
 from governance.models import Decision
 from governance.policy import PolicyDecision, policy_evaluate, redact_inputs
-from governance.secrets import encrypt_secrets, split_secrets
+from governance.secrets import encrypt_secrets, legacy_request_hash, request_hmac, secret_strings, split_secrets
 from governance.selectors import missing_permissions, principal_grants
 from jobs.admission.dispatcher import dispatch_soon
 from jobs.checkpoints import checkpoint_before, checkpoint_for_ack
@@ -57,8 +56,8 @@ class SubmitResult:
         return self.job.status == JobStatus.BLOCKED
 
 
-def _request_hash(spec: SubmitSpec) -> str:
-    payload = {
+def _request_payload(spec: SubmitSpec) -> str:
+    return canonical_json({
         "job_type": spec.job_type,
         "inputs": spec.inputs,
         "session_id": spec.session_id,
@@ -66,16 +65,34 @@ def _request_hash(spec: SubmitSpec) -> str:
         "run_after": spec.run_after.isoformat() if spec.run_after else None,
         "constraints": spec.constraints,
         "callback_url": spec.callback_url,
-    }
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+    })
 
 
-def _schema_errors(schema: dict[str, Any], inputs: dict[str, Any]) -> dict[str, list[str]]:
+def _request_hashes(spec: SubmitSpec) -> tuple[str, str]:
+    """(hash to store, hash a job stored before the HMAC carries) for ``spec``.
+
+    An HMAC of the payload (secret fields included) under the server's key: equal payloads
+    give equal hashes, and the stored hash (shown in the admin) confirms no guessed secret.
+    """
+    payload = _request_payload(spec).encode()
+    return request_hmac(payload), legacy_request_hash(payload)
+
+
+def _schema_errors(schema: dict[str, Any], inputs: dict[str, Any],
+                   secret_fields: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Field (JSON path) → messages. jsonschema puts the failing value in its messages
+    (``'s3cret' is too short``): for a secret field, or any message that would show a secret
+    value, only the rule that failed is said."""
     validator = jsonschema.Draft202012Validator(schema)
+    secrets = [s for s in secret_strings({k: inputs[k] for k in secret_fields if k in inputs}) if s]
     errors: dict[str, list[str]] = {}
     for error in validator.iter_errors(inputs):
         path = ".".join(str(p) for p in error.absolute_path) or "(root)"
-        errors.setdefault(path, []).append(error.message)
+        message = error.message
+        in_secret = bool(error.absolute_path) and error.absolute_path[0] in secret_fields
+        if in_secret or any(secret in message for secret in secrets):
+            message = f"does not match the schema ({error.validator}); the value is secret and not shown"
+        errors.setdefault(path, []).append(message)
     return errors
 
 
@@ -103,7 +120,7 @@ def validate_inputs(*, job_type: JobType, inputs: Any) -> None:
     if not isinstance(inputs, dict):
         raise DomainError("invalid_inputs", "inputs must be a JSON object", errors={"(root)": ["not an object"]})
     check_json(inputs, where="inputs")
-    errors = _schema_errors(job_type.input_schema, inputs)
+    errors = _schema_errors(job_type.input_schema, inputs, tuple(job_type.secret_fields))
     if errors:
         raise DomainError("invalid_inputs", "inputs do not match the job type's schema", errors=errors)
 
@@ -138,9 +155,9 @@ def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
     constraints = _validate_constraints(spec.constraints or {}, job_type)
     if isinstance(spec.priority, bool) or not PRIORITY_RANGE[0] <= spec.priority <= PRIORITY_RANGE[1]:
         raise out_of_range("priority", f"must be between {PRIORITY_RANGE[0]} and {PRIORITY_RANGE[1]}")
-    request_hash = _request_hash(spec)
+    request_hash, legacy_hash = _request_hashes(spec)
     if spec.idempotency_key:
-        existing = _idempotent_existing(principal, spec.idempotency_key, request_hash)
+        existing = _idempotent_existing(principal, spec.idempotency_key, (request_hash, legacy_hash))
         if existing is not None:
             return SubmitResult(existing, created=False)
     # After the idempotent lookup: repeating an old submit answers its job, whenever it comes.
@@ -223,7 +240,7 @@ def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
     except IntegrityError:
         if not spec.idempotency_key:
             raise
-        existing = _idempotent_existing(principal, spec.idempotency_key, request_hash)
+        existing = _idempotent_existing(principal, spec.idempotency_key, (request_hash, legacy_hash))
         if existing is None:
             raise
         return SubmitResult(existing, created=False)
@@ -240,11 +257,11 @@ def _check_envelope(spec: SubmitSpec) -> None:
             check_identifier(str(value), where=name)
 
 
-def _idempotent_existing(principal: User, key: str, request_hash: str) -> Job | None:
+def _idempotent_existing(principal: User, key: str, hashes: tuple[str, str]) -> Job | None:
     existing = Job.objects.filter(principal=principal, idempotency_key=key).first()
     if existing is None:
         return None
-    if existing.request_hash != request_hash:
+    if existing.request_hash not in hashes:
         raise DomainError(
             "idempotency_conflict",
             "this idempotency key was used with a different payload",
