@@ -49,13 +49,17 @@ class ApprovalDetailSerializer(ApprovalListSerializer):
 
 
 class ApproveSerializer(StrictSerializer):
+    """An approval, with an optional comment and changed input fields."""
+
     text_fields = frozenset({"comment"})
 
     comment = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
-    inputs = serializers.JSONField(required=False, allow_null=True, default=None)
+    inputs = serializers.DictField(required=False, allow_null=True, default=None)
 
 
 class DenySerializer(StrictSerializer):
+    """A denial, with an optional comment."""
+
     text_fields = frozenset({"comment"})
 
     comment = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")

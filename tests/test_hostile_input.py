@@ -264,7 +264,10 @@ def test_every_operation_documents_its_errors_with_one_error_body(api: APIClient
             assert {"400", "401", "406", "503"} <= set(errors), (method, path, sorted(responses))
             if "{" in path:
                 assert "404" in errors, (method, path)
+            assert errors["414"]["content"] == {"text/html": {"schema": {"type": "string"}}}  # the web server's
             for code, response in errors.items():
+                if code == "414":
+                    continue
                 body = response["content"]["application/json"]["schema"]
                 if not (path == "/api/v1/jobs" and code == "403"):
                     assert body == {"$ref": error_ref}, (method, path, code)

@@ -37,6 +37,8 @@ class CancelResponseSerializer(serializers.Serializer[Any]):
 
 
 class BulkCancelSerializer(StrictSerializer):
+    """``POST /jobs/cancel``: which of the caller's jobs in a session to cancel."""
+
     session_id = serializers.CharField(max_length=128)
     status = serializers.ListField(
         child=serializers.ChoiceField(choices=[str(s) for s in CANCEL_FILTER_STATUSES]), required=False,
@@ -82,6 +84,8 @@ class JobBulkCancelView(APIView):
 
 
 class PauseSerializer(StrictSerializer):
+    """``POST /sessions/{id}/pause``: until when (absent or null: until resumed)."""
+
     until = serializers.DateTimeField(required=False, allow_null=True)
 
 
@@ -129,7 +133,7 @@ class SessionPauseView(APIView):
     @extend_schema(request=PauseSerializer, parameters=[_SESSION_PARAM, _PRINCIPAL_PARAM], responses=_SESSION_RESPONSE)
     def post(self, request: Request, session_id: str) -> Response:
         session_id = _session_id(session_id)
-        serializer = PauseSerializer(data=request.data if isinstance(request.data, dict) else {})
+        serializer = PauseSerializer(data=json_object_body(request))
         serializer.is_valid(raise_exception=True)
         username = request.query_params.get("principal") or None
         for pid in session_principal_ids(principal=request.user, session_id=session_id, username=username):

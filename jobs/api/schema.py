@@ -5,7 +5,8 @@ error answers any request may get — ``400`` (characters, parameters), ``401``,
 and ``503`` everywhere, ``404`` where the path names a resource, ``415`` where a body is parsed —
 all with :class:`ErrorSerializer` as ``application/json``. Views add the answers only they give
 (``403``, ``409``, ``429``) with :func:`error_responses`. ``Retry-After`` is declared on ``429``
-and ``503``.
+and ``503``. ``414`` is declared too, as the web server's own HTML page: a URL too long for it
+never reaches the API.
 """
 
 from __future__ import annotations
@@ -17,6 +18,25 @@ from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
 
 from common.errors import STATUS_BY_CODE
+from jobs.api.validation import StrictSerializer
+
+# What common.validation.check_identifier accepts, as an ECMA-262 pattern for the schema.
+IDENTIFIER_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069]*$"
+
+# One Server-Sent Event as clients (and schemathesis) parse it; ``data`` is a JSON document.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "progress", "end", "timeout"]},
+        "id": {"type": "string", "description": "status events: the stamp's seq (resume with Last-Event-ID)"},
+        "retry": {"type": "integer"},
+        "data": {
+            "type": "string",
+            "description": "JSON. status: {seq, event, from, to, at}; progress: {pct, message}; "
+                           "end and timeout: {status}",
+        },
+    },
+}
 
 
 class ErrorSerializer(serializers.Serializer[Any]):
@@ -62,7 +82,26 @@ def codes_for(status: int) -> list[str]:
     return sorted(code for code, s in STATUS_BY_CODE.items() if s == status)
 
 
+URI_TOO_LONG: dict[str, Any] = {
+    "description": "URI too long: refused by the web server (gunicorn: a request line over 4094 bytes) "
+                   "before the API sees the request; the body is the server's own page, not JSON",
+    "content": {"text/html": {"schema": {"type": "string"}}},
+}
+
+
 class ApiAutoSchema(AutoSchema):
+    def _map_serializer(self, serializer: Any, direction: Any, bypass_extensions: bool = False) -> Any:
+        schema = super()._map_serializer(serializer, direction, bypass_extensions)
+        if isinstance(serializer, StrictSerializer) and isinstance(schema, dict):
+            # Say what StrictSerializer enforces: no other fields, no control characters.
+            schema["additionalProperties"] = False
+            properties = schema.get("properties", {})
+            for name, field in serializer.fields.items():
+                if (isinstance(field, serializers.CharField) and name not in serializer.text_fields
+                        and name in properties and "pattern" not in properties[name]):
+                    properties[name]["pattern"] = IDENTIFIER_PATTERN
+        return schema
+
     def _generic_error_statuses(self) -> list[int]:
         statuses = [400, 401, 406, 413, 503]
         if "{" in self.path:
@@ -82,6 +121,8 @@ class ApiAutoSchema(AutoSchema):
                     OpenApiResponse(ErrorSerializer, description=_DESCRIPTIONS.get(status, "")),
                     key, media_types=["application/json"], direction=direction,
                 )
+        # Not the API's answer but the web server's, before any of this code runs.
+        responses.setdefault("414", URI_TOO_LONG)
         return dict(sorted(responses.items()))
 
     def _get_response_for_code(self, serializer: Any, status_code: Any, media_types: Any = None,
@@ -98,3 +139,4 @@ class ApiAutoSchema(AutoSchema):
             headers["Retry-After"] = {"schema": {"type": "integer"},
                                       "description": "seconds to wait before trying again"}
         return headers
+

@@ -12,8 +12,10 @@ from jobs.models import Job, JobRun, JobStatus
 
 
 class SubmitSerializer(StrictSerializer):
+    """``POST /jobs``: one job to submit (docs/api.md)."""
+
     job_type = serializers.CharField(max_length=128)
-    inputs = serializers.JSONField()
+    inputs = serializers.DictField()
     session_id = serializers.CharField(max_length=128)
     idempotency_key = serializers.CharField(max_length=255, required=False, allow_null=True)
     priority = serializers.IntegerField(required=False, default=0, min_value=-100, max_value=100)

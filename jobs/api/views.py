@@ -10,7 +10,6 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections
 from django.http import StreamingHttpResponse
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import renderers
 from rest_framework.generics import ListAPIView
@@ -22,7 +21,7 @@ from rest_framework.views import APIView
 from audit.selectors import stamps_for_job
 from common.errors import DomainError
 from common.validation import INT32_MAX, int_param
-from jobs.api.schema import error_responses
+from jobs.api.schema import SSE_EVENT_SCHEMA, error_responses
 from jobs.api.serializers import (
     JobAuditSerializer,
     JobDetailSerializer,
@@ -197,8 +196,9 @@ class JobEventsView(APIView):
             description="resume after this stamp seq (the Last-Event-ID header wins)",
         )],
         responses={(200, "text/event-stream"): OpenApiResponse(
-            OpenApiTypes.STR,
-            description="Server-Sent Events: `status` (id = stamp seq), `progress`, then `end` or `timeout`",
+            SSE_EVENT_SCHEMA,
+            description="Server-Sent Events, each as described: `status` (id = stamp seq), `progress`, "
+                        "then `end` or `timeout`",
         )},
     )
     def get(self, request: Request, job_id: str) -> StreamingHttpResponse:
