@@ -55,8 +55,8 @@ class SubmitRateThrottle(BaseThrottle):
         now = time.time()
         window = int(now // period)
         key = f"{self.cache_prefix}:{request.user.pk}:{period}:{window}"
-        # add() is a no-op when the key exists; incr() is atomic on Redis (and under the
-        # local-memory cache's lock), so concurrent submits cannot both take the last slot.
+        # incr() is atomic on Redis (and under the local-memory cache's lock), so concurrent
+        # submits cannot both take the last slot.
         try:
             used = self._count(key, timeout=period + 1)
         except Exception:
@@ -71,12 +71,14 @@ class SubmitRateThrottle(BaseThrottle):
 
     @staticmethod
     def _count(key: str, *, timeout: int) -> int:
-        cache.add(key, 0, timeout=timeout)
+        """This window's count after this submit. The window's first submit creates the key with
+        ``add`` (set-if-absent: of two racing firsts, one creates and the other increments)."""
         try:
             return int(cache.incr(key))
-        except ValueError:  # expired between add() and incr()
-            cache.set(key, 1, timeout=timeout)
-            return 1
+        except ValueError:  # no count yet in this window
+            if cache.add(key, 1, timeout=timeout):
+                return 1
+            return int(cache.incr(key))
 
     def wait(self) -> float | None:
         return None if self._wait is None else float(max(1, math.ceil(self._wait)))
