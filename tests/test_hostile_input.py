@@ -318,3 +318,17 @@ def test_the_submit_rate_is_off_when_the_cache_does_not_answer(api: APIClient) -
     with override_settings(API_SUBMIT_RATE="1/min", CACHES={"default": dead}):
         assert [api.post("/api/v1/jobs", _submit_body(inputs={"i": i}), format="json").status_code
                 for i in range(2)] == [202, 202]
+
+
+def test_nul_in_an_admin_path_is_400_not_500(make_principal: Any) -> None:
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    make_principal("admin-nul", (), staff=True)
+    user = User.objects.get(username="admin-nul")
+    user.is_superuser = True
+    user.save()
+    client = Client()
+    client.force_login(user)
+    for path in ("/admin/jobs/job/job_a%00b/change/", "/admin/approvals/approvalrequest/1%00/change/"):
+        assert client.get(path).status_code == 400, path

@@ -83,6 +83,9 @@ class JobBulkCancelView(APIView):
         return Response(result.as_dict())
 
 
+SESSION_ID_MAX = 128  # as the submit allows
+
+
 class PauseSerializer(StrictSerializer):
     """``POST /sessions/{id}/pause``: until when (absent or null: until resumed)."""
 
@@ -109,7 +112,6 @@ def _session_body(request: Request, session_id: str) -> dict[str, Any]:
     }
 
 
-SESSION_ID_MAX = 128
 _PRINCIPAL_PARAM = OpenApiParameter("principal", str, description="staff only: one principal's session")
 _SESSION_PARAM = OpenApiParameter("session_id", {"type": "string", "maxLength": SESSION_ID_MAX},
                                   OpenApiParameter.PATH)
