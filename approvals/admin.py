@@ -24,6 +24,7 @@ from approvals.selectors import approval_review
 from approvals.services import approval_approve, approval_deny
 from common.admin import ReadOnlyAdminMixin
 from common.errors import DomainError
+from common.validation import json_loads
 from governance.selectors import principal_grants
 from jobs.admin.dead_letter import stamps_for_display
 
@@ -132,9 +133,9 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[ApprovalRequest]
         inputs: Any = None
         if raw_inputs and action == "approve":
             try:
-                inputs = json.loads(raw_inputs)
-            except ValueError:
-                messages.error(request, "Refused (invalid_inputs): modified inputs are not valid JSON")
+                inputs = json_loads(raw_inputs)
+            except DomainError as exc:
+                messages.error(request, f"Refused ({exc.code}): modified inputs: {exc.detail}")
                 return HttpResponseRedirect(review_url)
         if request.POST.get("confirmed") != "yes":
             items = [f"job {approval.job_id} ({approval.job.job_type}), checkpoint {approval.checkpoint}",

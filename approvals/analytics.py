@@ -61,7 +61,8 @@ class ReviewerLoad:
 
 @dataclass
 class OverdueRequest:
-    approval_id: int
+    approval_id: str  # the public id the API uses (``apr_…``)
+    pk: int  # the admin's key
     job_id: str
     job_type: str
     risk: str
@@ -151,10 +152,10 @@ def approval_stats(*, since: datetime | None = None, now: datetime | None = None
     oldest = pending.order_by("created_at").values_list("created_at", flat=True).first()
     stats.oldest_pending_age_s = (now - oldest).total_seconds() if oldest is not None else None
     stats.overdue = [
-        OverdueRequest(approval_id=pk, job_id=job_id, job_type=job_type, risk=risk, scope=scope,
+        OverdueRequest(approval_id=public_id, pk=pk, job_id=job_id, job_type=job_type, risk=risk, scope=scope,
                        age_s=(now - created).total_seconds())
-        for pk, job_id, job_type, risk, scope, created in overdue.order_by("created_at", "pk").values_list(
-            "pk", "job_id", "job__job_type", "risk", "job__scope", "created_at")[:OVERDUE_LISTED]
+        for pk, public_id, job_id, job_type, risk, scope, created in overdue.order_by("created_at", "pk").values_list(
+            "pk", "public_id", "job_id", "job__job_type", "risk", "job__scope", "created_at")[:OVERDUE_LISTED]
     ]
 
     loads: dict[str, ReviewerLoad] = {}

@@ -20,19 +20,18 @@ from approvals.serializers import (
 )
 from approvals.services import approval_approve, approval_deny
 from common.errors import DomainError
+from jobs.api.schema import error_responses
 
 
-def _approval_or_404(request: Request, approval_id: int) -> ApprovalRequest:
-    approval = approvals_visible_to(principal=request.user).filter(pk=approval_id).first()
-    if approval is None:
-        raise DomainError("not_found", "No such approval request.")
-    return approval
+def _approval_or_404(request: Request, approval_id: str) -> ApprovalRequest:
+    """The request by its public id if the caller may review it (holds its approver grant).
 
-
-def _approval_to_decide(approval_id: int) -> ApprovalRequest:
-    """Deciding looks the request up by id alone so a refusal says why (``missing_permission``,
-    ``self_approval``) instead of a bare 404; the service makes every check."""
-    approval = ApprovalRequest.objects.select_related("job").filter(pk=approval_id).first()
+    Reading and deciding look it up the same way: to anyone else every id answers 404, so
+    neither the existence, the state (``already_decided``) nor the grant it needs
+    (``missing_permission``) of someone else's request can be probed. The decision services
+    still make every check (self-approval, expiry, votes).
+    """
+    approval = approvals_visible_to(principal=request.user).filter(public_id=approval_id).first()
     if approval is None:
         raise DomainError("not_found", "No such approval request.")
     return approval
@@ -48,21 +47,22 @@ class ApprovalListView(ListAPIView):
                            errors={"status": [f"must be one of {', '.join(ApprovalStatus.values)}"]})
         return approvals_visible_to(principal=self.request.user, status=status)
 
-    @extend_schema(parameters=[OpenApiParameter("status", str)])
+    @extend_schema(parameters=[OpenApiParameter("status", str, enum=ApprovalStatus.values)])
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
 
 
 class ApprovalDetailView(APIView):
     @extend_schema(responses=ApprovalDetailSerializer)
-    def get(self, request: Request, approval_id: int) -> Response:
+    def get(self, request: Request, approval_id: str) -> Response:
         return Response(ApprovalDetailSerializer(_approval_or_404(request, approval_id)).data)
 
 
 class ApprovalApproveView(APIView):
-    @extend_schema(request=ApproveSerializer, responses=ApprovalDetailSerializer)
-    def post(self, request: Request, approval_id: int) -> Response:
-        approval = _approval_to_decide(approval_id)
+    @extend_schema(request=ApproveSerializer,
+                   responses={200: ApprovalDetailSerializer, **error_responses(403, 409)})
+    def post(self, request: Request, approval_id: str) -> Response:
+        approval = _approval_or_404(request, approval_id)
         body = ApproveSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         approval = approval_approve(approval=approval, actor=request.user,  # type: ignore[arg-type]
@@ -72,9 +72,10 @@ class ApprovalApproveView(APIView):
 
 
 class ApprovalDenyView(APIView):
-    @extend_schema(request=DenySerializer, responses=ApprovalDetailSerializer)
-    def post(self, request: Request, approval_id: int) -> Response:
-        approval = _approval_to_decide(approval_id)
+    @extend_schema(request=DenySerializer,
+                   responses={200: ApprovalDetailSerializer, **error_responses(403, 409)})
+    def post(self, request: Request, approval_id: str) -> Response:
+        approval = _approval_or_404(request, approval_id)
         body = DenySerializer(data=request.data)
         body.is_valid(raise_exception=True)
         approval = approval_deny(approval=approval, actor=request.user,  # type: ignore[arg-type]

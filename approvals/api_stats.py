@@ -38,7 +38,7 @@ class ReviewerLoadSerializer(serializers.Serializer):
 
 
 class OverdueRequestSerializer(serializers.Serializer):
-    approval_id = serializers.IntegerField()
+    approval_id = serializers.CharField()
     job_id = serializers.CharField()
     job_type = serializers.CharField()
     risk = serializers.CharField()

@@ -39,7 +39,7 @@ class ApprovalsGate:
         if request is None:
             return None
         return {
-            "approval_id": request.pk,
+            "approval_id": request.public_id,
             "checkpoint": request.checkpoint,
             "status": request.status,
             "required_approvals": request.required_approvals,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -17,7 +19,14 @@ class ApprovalStatus(models.TextChoices):
     CANCELLED = "cancelled"
 
 
+def new_approval_id() -> str:
+    """The public id of an approval request: unguessable, like a job id (the integer primary
+    key stays internal, for joins and the admin)."""
+    return "apr_" + secrets.token_urlsafe(18)
+
+
 class ApprovalRequest(models.Model):
+    public_id = models.CharField(max_length=40, unique=True, default=new_approval_id, editable=False)
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="approval_requests")
     checkpoint = models.CharField(max_length=32)
     risk = models.CharField(max_length=16, default="low")
@@ -43,7 +52,7 @@ class ApprovalRequest(models.Model):
         indexes = [models.Index(fields=("status", "expires_at"), name="approval_status_idx")]
 
     def __str__(self) -> str:
-        return f"approval {self.pk} for {self.job_id} ({self.checkpoint}, {self.status})"
+        return f"approval {self.public_id} for {self.job_id} ({self.checkpoint}, {self.status})"
 
 
 class ApprovalDecision(models.Model):

@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from approvals.models import ApprovalDecision, ApprovalRequest
 from approvals.selectors import approval_review
+from jobs.api.validation import StrictSerializer
 
 
 class ApprovalDecisionSerializer(serializers.ModelSerializer):
@@ -22,7 +23,7 @@ class ApprovalDecisionSerializer(serializers.ModelSerializer):
 
 
 class ApprovalListSerializer(serializers.ModelSerializer):
-    approval_id = serializers.IntegerField(source="pk")
+    approval_id = serializers.CharField(source="public_id")
     job_id = serializers.CharField(source="job.pk")
     job_type = serializers.CharField(source="job.job_type")
     job_status = serializers.CharField(source="job.status")
@@ -47,10 +48,18 @@ class ApprovalDetailSerializer(ApprovalListSerializer):
         return review
 
 
-class ApproveSerializer(serializers.Serializer):
+class ApproveSerializer(StrictSerializer):
+    """An approval, with an optional comment and changed input fields."""
+
+    text_fields = frozenset({"comment"})
+
     comment = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
-    inputs = serializers.JSONField(required=False, allow_null=True, default=None)
+    inputs = serializers.DictField(required=False, allow_null=True, default=None)
 
 
-class DenySerializer(serializers.Serializer):
+class DenySerializer(StrictSerializer):
+    """A denial, with an optional comment."""
+
+    text_fields = frozenset({"comment"})
+
     comment = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")

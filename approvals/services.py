@@ -56,7 +56,7 @@ def approval_request_open(
                 job_id=job.pk,
                 event=event,
                 details={
-                    "approval_id": request.pk,
+                    "approval_id": request.public_id,
                     "checkpoint": checkpoint,
                     "required_approvals": request.required_approvals,
                     "approver_permission": request.approver_permission,
@@ -203,7 +203,7 @@ def approval_approve(
         stamp_append(
             job_id=job.pk, event=Event.APPROVAL_GRANTED, actor=actor_label(actor), at=now,
             details={
-                "approval_id": request.pk, "checkpoint": request.checkpoint, "comment": comment,
+                "approval_id": request.public_id, "checkpoint": request.checkpoint, "comment": comment,
                 "approvals": approvals, "required_approvals": request.required_approvals,
                 # Field names only: values may be sensitive and are on the job row anyway.
                 "modified_fields": modified.fields if modified else [],
@@ -229,7 +229,7 @@ def _release(request: ApprovalRequest, *, job: Job, actor: AbstractBaseUser, now
     prior = job_transition(
         job_id=job.pk, to=JobStatus.QUEUED, allowed_from=[JobStatus.PENDING_APPROVAL], event=Event.APPROVED,
         actor=actor_label(actor), updates=updates,
-        details={"approval_id": request.pk, "checkpoint": request.checkpoint,
+        details={"approval_id": request.public_id, "checkpoint": request.checkpoint,
                  "approvers": list(request.decisions.filter(approve=True).values_list("approver__username",
                                                                                        flat=True)),
                  "redraft": redraft},
@@ -252,7 +252,7 @@ def approval_deny(*, approval: ApprovalRequest, actor: AbstractBaseUser, comment
         prior = job_transition(
             job_id=request.job_id, to=JobStatus.CANCELLED, allowed_from=[JobStatus.PENDING_APPROVAL],
             event=Event.APPROVAL_DENIED, actor=actor_label(actor),
-            details={"approval_id": request.pk, "checkpoint": request.checkpoint, "comment": comment},
+            details={"approval_id": request.public_id, "checkpoint": request.checkpoint, "comment": comment},
             updates={"reason": "denied", "error_class": ErrorClass.CANCELLED, "approval_checkpoint": ""},
         )
         if prior is None:
@@ -289,7 +289,7 @@ def approvals_expire(*, now: datetime, ids: list[int] | None = None, limit: int 
                 prior = job_transition(
                     job_id=request.job_id, to=JobStatus.CANCELLED, allowed_from=[JobStatus.PENDING_APPROVAL],
                     event=Event.APPROVAL_EXPIRED,
-                    details={"approval_id": request.pk, "checkpoint": request.checkpoint,
+                    details={"approval_id": request.public_id, "checkpoint": request.checkpoint,
                              "expires_at": request.expires_at.isoformat()},
                     updates={"reason": "expired", "error_class": ErrorClass.CANCELLED, "approval_checkpoint": ""},
                 )

@@ -19,6 +19,16 @@ STATUS_BY_CODE: dict[str, int] = {
     "malformed_json": 400,
     "invalid_draft_rules": 400,
     "callback_url_forbidden": 400,
+    "bad_request": 400,
+    # validation at the edge (common.validation)
+    "invalid_characters": 400,
+    "invalid_type": 400,
+    "out_of_range": 400,
+    "unknown_field": 400,
+    "too_deep": 400,
+    # 401: who is asking is unknown
+    "not_authenticated": 401,
+    "authentication_failed": 401,
     # 403: who is asking may not do this
     "permission_denied": 403,
     "missing_permission": 403,
@@ -35,6 +45,13 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_dead_lettered": 409,
     "not_rollbackable": 409,
     "already_rolled_back": 409,
+    # the request's form or volume
+    "method_not_allowed": 405,
+    "not_acceptable": 406,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "throttled": 429,
+    "database_unavailable": 503,
 }
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import InterfaceError, OperationalError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.defaults import page_not_found, server_error
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -28,6 +28,9 @@ _CODES: dict[type[Exception], str] = {
     exceptions.ParseError: "malformed_json",
     exceptions.Throttled: "throttled",
     exceptions.ValidationError: "invalid_request",
+    # Django's own, which DRF turns into NotFound / PermissionDenied answers.
+    Http404: "not_found",
+    PermissionDenied: "permission_denied",
 }
 
 
@@ -57,6 +60,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     else:
         detail = data.get("detail", data) if isinstance(data, dict) else data
         response.data = {"code": code, "detail": str(detail)}
+        wait = getattr(exc, "wait", None)
+        if isinstance(exc, exceptions.Throttled) and wait is not None:
+            response.data["retry_after"] = int(wait)
     return response
 
 

@@ -6,11 +6,17 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+
+from common.errors import DomainError
+from common.validation import check_path, check_query
 
 
 class ApiGuardMiddleware:
-    """Refuse oversized API bodies with 413 and turn a lost database into 503.
+    """Refuse oversized API bodies with 413, control characters in the path or query with 400
+    ``invalid_characters`` (``/jobs/job_a%00b``, ``?session_id=a%00b``: they would reach the
+    database, the logs and the consoles; outside the API a path with them is a plain 400), and
+    turn a lost database into 503.
 
     The size check uses Content-Length, so a 10 MiB body is refused before it is read. A body
     without Content-Length (chunked) is bounded by Django's DATA_UPLOAD_MAX_MEMORY_SIZE, which
@@ -36,6 +42,17 @@ class ApiGuardMiddleware:
                     },
                     status=413,
                 )
+            try:
+                check_path(request.path)
+                check_query(request.GET)
+            except DomainError as exc:
+                return JsonResponse(exc.as_dict(), status=exc.status)
+        else:
+            # The admin and the pages: a NUL in an object id reached PostgreSQL there too.
+            try:
+                check_path(request.path)
+            except DomainError as exc:
+                return HttpResponseBadRequest(exc.detail, content_type="text/plain; charset=utf-8")
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:

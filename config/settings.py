@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,19 @@ STORAGES = {
 # Bodies above this size are refused with 413 before any parsing.
 API_MAX_BODY_BYTES = _int("API_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+# Limits at the edge (common.validation, jobs.api.validation; docs/api.md "Limits").
+API_JSON_MAX_DEPTH = _int("API_JSON_MAX_DEPTH", 32, minimum=2)
+API_PAGE_SIZE = _int("API_PAGE_SIZE", 50, minimum=1)
+API_MAX_PAGE_SIZE = _int("API_MAX_PAGE_SIZE", 500, minimum=1)
+if API_MAX_PAGE_SIZE < API_PAGE_SIZE:
+    raise ImproperlyConfigured(f"API_MAX_PAGE_SIZE ({API_MAX_PAGE_SIZE}) must be >= API_PAGE_SIZE ({API_PAGE_SIZE})")
+# Submits per principal: "<count>/<s|min|h|day>", or "off" (jobs.api.throttling).
+API_SUBMIT_RATE = env.str("API_SUBMIT_RATE", default="600/min").strip()
+if not re.fullmatch(r"(?i)off|none|0|\d+/(s|sec|second|m|min|minute|h|hour|d|day)", API_SUBMIT_RATE or "off"):
+    raise ImproperlyConfigured(f"API_SUBMIT_RATE must be '<count>/<s|min|h|day>' or 'off', got {API_SUBMIT_RATE!r}")
+# run_after must fall within [now - past, now + ahead].
+JOBS_RUN_AFTER_MAX_AHEAD_S = _int("JOBS_RUN_AFTER_MAX_AHEAD_S", 30 * 86400, minimum=60)
+JOBS_RUN_AFTER_MAX_PAST_S = _int("JOBS_RUN_AFTER_MAX_PAST_S", 86400, minimum=0)
 
 # --- REST -----------------------------------------------------------------------------------
 REST_FRAMEWORK: dict[str, Any] = {
@@ -208,12 +222,13 @@ REST_FRAMEWORK: dict[str, Any] = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["jobs.api.validation.SafeJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
-    "PAGE_SIZE": 50,
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "jobs.api.validation.StrictContentNegotiation",
+    "DEFAULT_PAGINATION_CLASS": "jobs.api.validation.BoundedLimitOffsetPagination",
+    "PAGE_SIZE": API_PAGE_SIZE,
     "EXCEPTION_HANDLER": "config.errors.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "jobs.api.schema.ApiAutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -221,6 +236,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Submit, watch and control governed asynchronous jobs.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "jobs.models.JobStatus",
+        "ApprovalStatusEnum": "approvals.models.ApprovalStatus",
+    },
 }
 
 # --- Celery ---------------------------------------------------------------------------------
@@ -248,6 +267,33 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     "retry_on_timeout": _bool("CELERY_BROKER_RETRY_ON_TIMEOUT", False),
     "health_check_interval": 10,
 }
+# --- Cache ----------------------------------------------------------------------------------
+# The submit rate limit counts in Django's cache, which must be shared by every web process:
+# CACHE_URL if set (redis://, rediss://, unix://, or locmem://), else the broker's Redis, else
+# each process's own memory (the embedded default; counts are then per process). Timeouts are
+# short: the throttle lets a submit through when the cache does not answer.
+_cache_url = env.str("CACHE_URL", default="")
+if not _cache_url and CELERY_BROKER_URL.startswith(("redis://", "rediss://", "redis+socket://")):
+    _cache_url = CELERY_BROKER_URL
+if _cache_url.startswith("redis+socket://"):  # kombu's spelling of a unix socket
+    _cache_url = "unix://" + _cache_url.removeprefix("redis+socket://")
+if _cache_url.startswith(("redis://", "rediss://", "unix://")):
+    CACHES: dict[str, Any] = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": _cache_url,
+            "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="jobplatform"),
+            "OPTIONS": {
+                "socket_connect_timeout": _float("CACHE_CONNECT_TIMEOUT_S", 0.5, minimum=0.05),
+                "socket_timeout": _float("CACHE_SOCKET_TIMEOUT_S", 0.5, minimum=0.05),
+            },
+        }
+    }
+elif _cache_url in ("", "locmem://"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+else:
+    raise ImproperlyConfigured(f"CACHE_URL must be redis://, rediss://, unix:// or locmem://, got {_cache_url!r}")
+
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="django-db")
 CELERY_RESULT_EXTENDED = True
 CELERY_TASK_IGNORE_RESULT = True  # the Job row is the result; see docs/architecture.md
@@ -347,6 +393,9 @@ JOBS_WORKER_SCOPES = _list("JOBS_WORKER_SCOPES", "*")
 JOBS_SCOPE_QUEUES = _list("JOBS_SCOPE_QUEUES", "")
 JOBS_MODEL_VERSION = env.str("JOBS_MODEL_VERSION", default="none")
 JOBS_SECRET_KEY = env.str("JOBS_SECRET_KEY", default="")
+# Key of the idempotency request hash (an HMAC, so a stored hash confirms no guessed secret);
+# derived from SECRET_KEY when unset. Changing it makes earlier keys answer 409 to a repeat.
+JOBS_REQUEST_HASH_KEY = env.str("JOBS_REQUEST_HASH_KEY", default="")
 
 FLOWER_BASIC_AUTH = env.str("FLOWER_BASIC_AUTH", default="")
 # Where operators find Flower; shown on the start page (``runplatform`` sets it for its children).

@@ -1,9 +1,9 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import views
 from config.errors import api_not_found, api_server_error
+from jobs.api.schema_view import SchemaDocsView, SchemaView
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -16,8 +16,8 @@ urlpatterns = [
     path("api/v1/", include("approvals.urls")),
     path("api/v1/", include("audit.urls")),
     path("api/v1/", include("governance.me_api")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
+    path("api/docs/", SchemaDocsView.as_view(url_name="schema"), name="api-docs"),
 ]
 
 handler404 = api_not_found

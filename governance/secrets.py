@@ -2,13 +2,15 @@
 
 The key comes from ``JOBS_SECRET_KEY`` (a urlsafe base64 Fernet key) or, when unset, is
 derived from ``SECRET_KEY``. Secret values are given only to the handler; they appear in no
-API response, admin page, stamp or log line.
+API response, admin page, stamp or log line — nor in a hash anyone could test a guess against:
+the idempotency request hash is an HMAC under ``JOBS_REQUEST_HASH_KEY`` (:func:`request_hmac`).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 from functools import lru_cache
 from typing import Any
@@ -23,6 +25,25 @@ def _fernet() -> Fernet:
     if not key:
         key = base64.urlsafe_b64encode(hashlib.sha256(settings.SECRET_KEY.encode()).digest()).decode()
     return Fernet(key.encode())
+
+
+def _request_hash_key() -> bytes:
+    key: str = settings.JOBS_REQUEST_HASH_KEY
+    if key:
+        return key.encode()
+    # Derived, and distinct from the Fernet key derived from the same SECRET_KEY.
+    return hashlib.sha256(b"jobplatform request hash\x00" + settings.SECRET_KEY.encode()).digest()
+
+
+def request_hmac(payload: bytes) -> str:
+    """HMAC-SHA256 (hex, 64 characters) of a canonical request payload under the server's key."""
+    return hmac.new(_request_hash_key(), payload, hashlib.sha256).hexdigest()
+
+
+def legacy_request_hash(payload: bytes) -> str:
+    """What a hash stored before the HMAC was rewrapped into (migration jobs 0004): the HMAC of
+    the old plain SHA-256, so a repeat of an old submit still finds its job."""
+    return request_hmac(b"legacy:" + hashlib.sha256(payload).hexdigest().encode())
 
 
 def split_secrets(inputs: dict[str, Any], secret_fields: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -49,13 +70,21 @@ SECRET_MASK = "[SECRET]"
 _MIN_SUBSTRING_MASK = 6
 
 
-def secrets_scrub(value: Any, secret_values: list[str]) -> Any:
+def secrets_scrub(value: Any, secret_values: list[str], *, public: Any = None) -> Any:
     """Return ``value`` with every occurrence of a secret string masked, recursively.
 
     Handler outputs and error messages are stored and shown; a handler that echoes its token
     (``return inputs``, ``raise ValueError(f"bad token {token}")``) must not leak it there.
+
+    ``public`` is what the caller shows anyway (the job's public inputs): a secret value that is
+    also a whole public value is no secret to hide, and masking it would rewrite the caller's
+    own non-secret data (``{"echo": "abc"}`` stored as ``{"echo": "[SECRET]"}`` and committed
+    so). A secret merely contained in a longer public string is still masked.
     """
     needles = [s for s in secret_values if s]
+    if public is not None and needles:
+        shown = set(_strings_in(public))
+        needles = [n for n in needles if n not in shown]
     if not needles:
         return value
     if isinstance(value, str):
@@ -72,6 +101,24 @@ def secrets_scrub(value: Any, secret_values: list[str]) -> Any:
     if isinstance(value, list):
         return [secrets_scrub(v, needles) for v in value]
     return value
+
+
+def _strings_in(value: Any) -> list[str]:
+    """Every string in a JSON value (keys and values), and the JSON form of other scalars."""
+    out: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict):
+            out.extend(str(k) for k in item)
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif item is not None and not isinstance(item, bool):
+            out.append(json.dumps(item))
+    return out
 
 
 def secret_strings(values: dict[str, Any]) -> list[str]:

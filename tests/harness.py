@@ -317,3 +317,58 @@ def race(n: int, action: Callable[[int], Any], *, timeout: float = 60.0) -> list
     for t in threads:
         t.join(timeout=timeout)
     return results
+
+
+@dataclass
+class WebServer:
+    port: int
+    proc: Proc
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.stop(timeout=10)
+
+
+def start_web_server(*, env: dict[str, str] | None = None, threads: int = 8,
+                     ready_timeout: float = 60.0) -> WebServer:
+    """The platform's web tier as ``manage.py runplatform`` runs it (gunicorn, gthread workers,
+    ``config.wsgi``) on a spare loopback port, against the test database; ready when it answers
+    HTTP (any status: the probe has no token)."""
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    proc = _spawn(
+        "web",
+        [
+            PYTHON, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
+            "--worker-class", "gthread", "--workers", "1", "--threads", str(threads),
+            "--graceful-timeout", "5", "--timeout", "60", "--error-logfile", "-", "--log-level", "warning",
+            *(["--no-control-socket"] if _gunicorn_has_control_socket() else []),
+        ],
+        child_env(**(env or {})),
+    )
+    server = WebServer(port, proc)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"web server exited:\n{proc.log()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/api/v1/jobs", timeout=2):
+                return server
+        except urllib.error.HTTPError:
+            return server
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    proc.stop()
+    raise RuntimeError(f"web server not ready in {ready_timeout}s:\n{proc.log()[-4000:]}")
+
+
+def _gunicorn_has_control_socket() -> bool:
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return "control_socket_disable" in {s.name for s in KNOWN_SETTINGS}

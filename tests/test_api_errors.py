@@ -111,7 +111,7 @@ def test_invalid_constraints_and_priority(submit: Any) -> None:
     assert submit("demo.noop", {}, constraints={"max_runtime_s": 10**6}, expect=400).json()["code"] == (
         "invalid_constraints"
     )
-    assert submit("demo.noop", {}, priority=1000, expect=400).json()["code"] == "invalid_request"
+    assert submit("demo.noop", {}, priority=1000, expect=400).json()["code"] == "out_of_range"
     _nothing_written()
 
 

@@ -107,7 +107,8 @@ def test_numbers_match_the_hand_computed_fixture(fixture: dict[str, Any]) -> Non
     # pending now: #6, #7, #10; past the one-hour SLA: #6 (2 h) and #10 (9 days)
     assert (stats.pending, stats.pending_past_sla) == (3, 2)
     assert stats.oldest_pending_age_s == pytest.approx(9 * 24 * H)
-    assert [o.approval_id for o in stats.overdue] == [fixture["requests"][9].pk, fixture["requests"][5].pk]
+    requests = fixture["requests"]
+    assert [o.approval_id for o in stats.overdue] == [requests[9].public_id, requests[5].public_id]
     # reviewers in the window: r1 decided #1, #2, #4 (3 approvals, 1 modified; waits 60, 180, 300 → p50 180);
     # r2 decided #3 (deny) and #4 (approve, modified; waits 600, 1200 → p50 900)
     loads = {r.reviewer: r for r in stats.reviewers}

@@ -46,7 +46,7 @@ def test_housekeeping_repairs_a_waiting_job_without_request(principal: Any) -> N
     request = ApprovalRequest.objects.get(job=job, status=ApprovalStatus.PENDING)
     assert request.checkpoint == "before_execute"
     repaired = AuditStamp.objects.get(job_id=job.pk, event=Event.APPROVAL_REQUEST_REPAIRED)
-    assert repaired.details["approval_id"] == request.pk
+    assert repaired.details["approval_id"] == request.public_id
     assert audit_verify(job_id=job.pk).ok
 
 

@@ -59,14 +59,14 @@ def test_approve_then_commit_and_rollback(live: Any, submit: Any, reviewer: APIC
     assert ExternalRecord.objects.filter(key="k-approve").count() == 0
     # when the reviewer lists, reads and approves it
     listed = reviewer.get("/api/v1/approvals?status=pending").json()["results"]
-    assert [a["approval_id"] for a in listed] == [approval.pk]
-    detail = reviewer.get(f"/api/v1/approvals/{approval.pk}")
+    assert [a["approval_id"] for a in listed] == [approval.public_id]
+    detail = reviewer.get(f"/api/v1/approvals/{approval.public_id}")
     assert detail.status_code == 200
     review = detail.json()["review"]
     assert review["summary"] == "Write record 'k-approve' to the local store"
     assert review["rollback"] and review["impact"] and review["proposal"]["key"] == "k-approve"
     assert "s3cret" not in detail.content.decode() and review["secret_fields"] == ["api_token"]
-    answer = reviewer.post(f"/api/v1/approvals/{approval.pk}/approve", {"comment": "looks right"}, format="json")
+    answer = reviewer.post(f"/api/v1/approvals/{approval.public_id}/approve", {"comment": "looks right"}, format="json")
     assert answer.status_code == 200, answer.content
     # then the commit runs and writes exactly once, with the reviewer in the trail
     job = wait_status(job_id, "succeeded")
@@ -85,14 +85,14 @@ def test_deny_cancels_the_job_without_commit(live: Any, submit: Any, reviewer: A
     job_id = submit_reviewed(submit, "k-deny")
     approval = pending_approval(job_id)
     # when the reviewer denies it
-    answer = reviewer.post(f"/api/v1/approvals/{approval.pk}/deny", {"comment": "wrong key"}, format="json")
+    answer = reviewer.post(f"/api/v1/approvals/{approval.public_id}/deny", {"comment": "wrong key"}, format="json")
     assert answer.status_code == 200, answer.content
     # then the job is cancelled with reason denied and nothing was written
     job = Job.objects.get(pk=job_id)
     assert (job.status, job.reason) == ("cancelled", "denied")
     assert ExternalRecord.objects.filter(key="k-deny").count() == 0
     # and a second decision is refused with a stable code
-    again = reviewer.post(f"/api/v1/approvals/{approval.pk}/approve", {}, format="json")
+    again = reviewer.post(f"/api/v1/approvals/{approval.public_id}/approve", {}, format="json")
     assert (again.status_code, again.json()["code"]) == (409, "already_decided")
 
 
@@ -106,11 +106,11 @@ def test_expired_request_cancels_the_job(live: Any, submit: Any, reviewer: APICl
     # then the job is cancelled with reason expired, and deciding now is refused
     assert job.reason == "expired"
     assert ApprovalRequest.objects.get(pk=approval.pk).status == "expired"
-    late = reviewer.post(f"/api/v1/approvals/{approval.pk}/approve", {}, format="json")
+    late = reviewer.post(f"/api/v1/approvals/{approval.public_id}/approve", {}, format="json")
     assert (late.status_code, late.json()["code"]) == (409, "already_decided")
 
 
-def test_self_approval_and_missing_permission_are_refused(live: Any, submit: Any, make_principal: Any) -> None:
+def test_self_approval_is_refused_and_others_cannot_probe(live: Any, submit: Any, make_principal: Any) -> None:
     # given a submitter who also holds the approver grant, and a user without it
     from governance.models import Grant
 
@@ -122,13 +122,14 @@ def test_self_approval_and_missing_permission_are_refused(live: Any, submit: Any
     approval = pending_approval(job_id)
     assert Grant.objects.filter(user=agent.user, permission="approve:*").exists()
     # when each tries to approve
-    mine = own.post(f"/api/v1/approvals/{approval.pk}/approve", {}, format="json")
-    theirs = outsider.post(f"/api/v1/approvals/{approval.pk}/approve", {}, format="json")
-    # then both are refused with stable codes and the job still waits
+    mine = own.post(f"/api/v1/approvals/{approval.public_id}/approve", {}, format="json")
+    theirs = outsider.post(f"/api/v1/approvals/{approval.public_id}/approve", {}, format="json")
+    # then the submitter (who may see the request) is refused with a stable code, and the user
+    # who may neither see nor decide it gets the same 404 as for an id that does not exist
     assert (mine.status_code, mine.json()["code"]) == (403, "self_approval")
-    assert (theirs.status_code, theirs.json()["code"]) == (403, "missing_permission")
+    assert (theirs.status_code, theirs.json()["code"]) == (404, "not_found")
     assert Job.objects.get(pk=job_id).status == "pending_approval"
-    assert outsider.get(f"/api/v1/approvals/{approval.pk}").status_code == 404
+    assert outsider.get(f"/api/v1/approvals/{approval.public_id}").status_code == 404
 
 
 def test_two_distinct_approvers_are_needed(live: Any, submit: Any, make_principal: Any) -> None:
@@ -141,13 +142,13 @@ def test_two_distinct_approvers_are_needed(live: Any, submit: Any, make_principa
     approval = pending_approval(job_id)
     assert approval.required_approvals == 2
     # when the first approves (and tries again)
-    assert first.post(f"/api/v1/approvals/{approval.pk}/approve", {}, format="json").status_code == 200
-    twice = first.post(f"/api/v1/approvals/{approval.pk}/approve", {}, format="json")
+    assert first.post(f"/api/v1/approvals/{approval.public_id}/approve", {}, format="json").status_code == 200
+    twice = first.post(f"/api/v1/approvals/{approval.public_id}/approve", {}, format="json")
     # then the job still waits and the repeat is refused
     assert (twice.status_code, twice.json()["code"]) == (409, "already_voted")
     assert Job.objects.get(pk=job_id).status == "pending_approval"
     # when a second, distinct approver approves
-    assert second.post(f"/api/v1/approvals/{approval.pk}/approve", {}, format="json").status_code == 200
+    assert second.post(f"/api/v1/approvals/{approval.public_id}/approve", {}, format="json").status_code == 200
     # then the job commits
     wait_status(job_id, "succeeded")
     assert ExternalRecord.objects.filter(key="k-two").count() == 1
@@ -161,7 +162,7 @@ def test_modified_inputs_are_revalidated_and_rechecked_by_policy(
                              conditions=[{"path": "data.amount", "op": "gt", "value": 1000}])
     job_id = submit_reviewed(submit, "k-mod", {"amount": 10})
     approval = pending_approval(job_id)
-    url = f"/api/v1/approvals/{approval.pk}/approve"
+    url = f"/api/v1/approvals/{approval.public_id}/approve"
     # when the reviewer changes the amount over the cap, or breaks the schema, or touches a secret
     blocked = reviewer.post(url, {"inputs": {"data": {"amount": 5000}}}, format="json")
     invalid = reviewer.post(url, {"inputs": {"key": ""}}, format="json")
@@ -180,10 +181,10 @@ def test_modified_inputs_are_revalidated_and_rechecked_by_policy(
         timeout=30, message="second review",
     )
     assert (Job.objects.get(pk=job_id).proposal or {})["data"] == {"amount": 5}
-    granted = AuditStamp.objects.get(job_id=job_id, event="approval_granted", details__approval_id=approval.pk)
+    granted = AuditStamp.objects.get(job_id=job_id, event="approval_granted", details__approval_id=approval.public_id)
     assert granted.details["modified_fields"] == ["data"]
     assert "s3cret" not in str(granted.details)
-    assert reviewer.post(f"/api/v1/approvals/{second.pk}/approve", {}, format="json").status_code == 200
+    assert reviewer.post(f"/api/v1/approvals/{second.public_id}/approve", {}, format="json").status_code == 200
     wait_status(job_id, "succeeded")
     assert list(ExternalRecord.objects.filter(key="k-mod").values_list("data", flat=True)) == [{"amount": 5}]
     assert JobRun.objects.filter(job_id=job_id, stage="execute").count() == 2

@@ -44,18 +44,25 @@ def test_missing_grant_is_refused_403_and_recorded_blocked(make_principal: Any) 
     assert stamp.actor == "principal:weak"
 
 
-def test_principal_in_body_is_ignored(make_principal: Any) -> None:
+def test_principal_in_body_is_refused_and_never_taken(make_principal: Any) -> None:
     # given two principals, the second with every grant
     agent = make_principal("agent1", grants=("demo:run",))
     boss = make_principal("boss", grants=("demo:*", "store:write"))
     # when agent1 submits a body claiming to be boss
-    response = client_for(agent).post(
+    claimed = client_for(agent).post(
         "/api/v1/jobs",
         {"job_type": "demo.noop", "inputs": {}, "session_id": "s1", "requested_by": "boss",
          "principal": boss.user.pk, "principal_id": boss.user.pk},
         format="json",
     )
-    # then the job belongs to the authenticated principal only
+    # then the body is refused as a whole (fields it does not define), and nothing is written
+    assert (claimed.status_code, claimed.json()["code"]) == (400, "unknown_field")
+    assert set(claimed.json()["errors"]) == {"requested_by", "principal", "principal_id"}
+    assert not Job.objects.exists()
+    # and the job it submits without them belongs to the authenticated principal only
+    response = client_for(agent).post(
+        "/api/v1/jobs", {"job_type": "demo.noop", "inputs": {}, "session_id": "s1"}, format="json",
+    )
     assert response.status_code == 202, response.content
     job = Job.objects.get(pk=response.json()["job_id"])
     assert job.principal_id == agent.user.pk

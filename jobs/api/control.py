@@ -13,6 +13,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from common.validation import check_length
+from jobs.api.schema import error_responses
+from jobs.api.validation import StrictSerializer
 from jobs.api.views import get_job_or_404, json_object_body
 from jobs.models import JobStatus
 from jobs.selectors import jobs_visible_to, session_principal_ids, sessions_summarize
@@ -33,7 +36,9 @@ class CancelResponseSerializer(serializers.Serializer[Any]):
     cancelling = serializers.BooleanField()
 
 
-class BulkCancelSerializer(serializers.Serializer[Any]):
+class BulkCancelSerializer(StrictSerializer):
+    """``POST /jobs/cancel``: which of the caller's jobs in a session to cancel."""
+
     session_id = serializers.CharField(max_length=128)
     status = serializers.ListField(
         child=serializers.ChoiceField(choices=[str(s) for s in CANCEL_FILTER_STATUSES]), required=False,
@@ -48,7 +53,8 @@ class BulkCancelSerializer(serializers.Serializer[Any]):
 
 
 class JobCancelView(APIView):
-    @extend_schema(operation_id="job_cancel", request=None, responses={202: CancelResponseSerializer})
+    @extend_schema(operation_id="job_cancel", request=None,
+                   responses={202: CancelResponseSerializer, **error_responses(409)})
     def post(self, request: Request, job_id: str) -> Response:
         job = get_job_or_404(request, job_id)
         status, cancelling = job_cancel(job=job, actor=_actor(request))
@@ -77,8 +83,18 @@ class JobBulkCancelView(APIView):
         return Response(result.as_dict())
 
 
-class PauseSerializer(serializers.Serializer[Any]):
+SESSION_ID_MAX = 128  # as the submit allows
+
+
+class PauseSerializer(StrictSerializer):
+    """``POST /sessions/{id}/pause``: until when (absent or null: until resumed)."""
+
     until = serializers.DateTimeField(required=False, allow_null=True)
+
+
+def _session_id(session_id: str) -> str:
+    """A session id from the path: as long as the submit allows (it keys stored controls)."""
+    return check_length(session_id, where="session_id", maximum=SESSION_ID_MAX)
 
 
 def _session_body(request: Request, session_id: str) -> dict[str, Any]:
@@ -97,6 +113,8 @@ def _session_body(request: Request, session_id: str) -> dict[str, Any]:
 
 
 _PRINCIPAL_PARAM = OpenApiParameter("principal", str, description="staff only: one principal's session")
+_SESSION_PARAM = OpenApiParameter("session_id", {"type": "string", "maxLength": SESSION_ID_MAX},
+                                  OpenApiParameter.PATH)
 _SESSION_RESPONSE = inline_serializer("Session", {
     "session_id": serializers.CharField(),
     "counts": serializers.DictField(child=serializers.IntegerField()),
@@ -108,15 +126,16 @@ _SESSION_RESPONSE = inline_serializer("Session", {
 
 
 class SessionDetailView(APIView):
-    @extend_schema(parameters=[_PRINCIPAL_PARAM], responses=_SESSION_RESPONSE)
+    @extend_schema(parameters=[_SESSION_PARAM, _PRINCIPAL_PARAM], responses=_SESSION_RESPONSE)
     def get(self, request: Request, session_id: str) -> Response:
-        return Response(_session_body(request, session_id))
+        return Response(_session_body(request, _session_id(session_id)))
 
 
 class SessionPauseView(APIView):
-    @extend_schema(request=PauseSerializer, parameters=[_PRINCIPAL_PARAM], responses=_SESSION_RESPONSE)
+    @extend_schema(request=PauseSerializer, parameters=[_SESSION_PARAM, _PRINCIPAL_PARAM], responses=_SESSION_RESPONSE)
     def post(self, request: Request, session_id: str) -> Response:
-        serializer = PauseSerializer(data=request.data if isinstance(request.data, dict) else {})
+        session_id = _session_id(session_id)
+        serializer = PauseSerializer(data=json_object_body(request))
         serializer.is_valid(raise_exception=True)
         username = request.query_params.get("principal") or None
         for pid in session_principal_ids(principal=request.user, session_id=session_id, username=username):
@@ -125,8 +144,9 @@ class SessionPauseView(APIView):
 
 
 class SessionResumeView(APIView):
-    @extend_schema(request=None, parameters=[_PRINCIPAL_PARAM], responses=_SESSION_RESPONSE)
+    @extend_schema(request=None, parameters=[_SESSION_PARAM, _PRINCIPAL_PARAM], responses=_SESSION_RESPONSE)
     def post(self, request: Request, session_id: str) -> Response:
+        session_id = _session_id(session_id)
         username = request.query_params.get("principal") or None
         for pid in session_principal_ids(principal=request.user, session_id=session_id, username=username):
             session_resume(principal_id=pid, session_id=session_id)

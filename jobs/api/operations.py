@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from common.errors import DomainError
+from jobs.api.schema import error_responses
 from jobs.models import Job
 from jobs.services.operations import is_operator, job_replay
+
+
+class ReplayResponseSerializer(serializers.Serializer[Any]):
+    job_id = serializers.CharField()
+    status = serializers.CharField()
+    stage = serializers.CharField()
 
 
 class JobReplayView(APIView):
     """Operators only (staff, or the ``jobs:replay`` grant); others get 404 like any unseen job."""
 
-    @extend_schema(request=None, responses={202: dict})
+    @extend_schema(request=None, responses={202: ReplayResponseSerializer, **error_responses(403, 409)})
     def post(self, request: Request, job_id: str) -> Response:
         job = Job.objects.filter(pk=job_id).first()
         if job is None or not is_operator(request.user):

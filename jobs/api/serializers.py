@@ -6,13 +6,16 @@ from django.urls import reverse
 from rest_framework import serializers
 
 from audit.models import AuditStamp
+from jobs.api.validation import StrictSerializer
 from jobs.hooks import approval_gate
 from jobs.models import Job, JobRun, JobStatus
 
 
-class SubmitSerializer(serializers.Serializer):
+class SubmitSerializer(StrictSerializer):
+    """``POST /jobs``: one job to submit (docs/api.md)."""
+
     job_type = serializers.CharField(max_length=128)
-    inputs = serializers.JSONField()
+    inputs = serializers.DictField()
     session_id = serializers.CharField(max_length=128)
     idempotency_key = serializers.CharField(max_length=255, required=False, allow_null=True)
     priority = serializers.IntegerField(required=False, default=0, min_value=-100, max_value=100)
@@ -104,3 +107,27 @@ class AuditStampSerializer(serializers.ModelSerializer):
         model = AuditStamp
         fields = ("seq", "created_at", "actor", "event", "from_status", "to_status", "details",
                   "prev_hash", "hash")
+
+
+class JobAuditSerializer(serializers.Serializer):
+    """What ``GET /jobs/{id}/audit`` answers: the job id and all its stamps in ``seq`` order."""
+
+    job_id = serializers.CharField()
+    stamps = AuditStampSerializer(many=True)
+
+
+class JobDetailSerializer(JobSerializer):
+    """``GET /jobs/{id}``: the job and one entry per run (for the schema; the view adds ``runs``)."""
+
+    runs = JobRunSerializer(many=True, read_only=True)
+
+    class Meta(JobSerializer.Meta):
+        fields = (*JobSerializer.Meta.fields, "runs")  # type: ignore[assignment]
+
+
+class SubmitBlockedSerializer(SubmitResponseSerializer):
+    """``403`` from submit: the job was recorded as ``blocked``; the error body plus the job's ids."""
+
+    code = serializers.ChoiceField(choices=["permission_denied", "policy_blocked"])
+    detail = serializers.CharField()
+    reason = serializers.CharField()

@@ -10,24 +10,30 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections
 from django.http import StreamingHttpResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import renderers
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from audit.selectors import stamps_for_job
 from common.errors import DomainError
+from common.validation import INT32_MAX, int_param
+from jobs.api.schema import SSE_EVENT_SCHEMA, error_responses
 from jobs.api.serializers import (
-    AuditStampSerializer,
+    JobAuditSerializer,
+    JobDetailSerializer,
     JobListSerializer,
     JobRunSerializer,
     JobSerializer,
+    SubmitBlockedSerializer,
     SubmitResponseSerializer,
     SubmitSerializer,
     submit_body,
 )
+from jobs.api.throttling import SubmitRateThrottle
 from jobs.logcontext import trace_id_from_traceparent
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus
 from jobs.selectors import job_get, job_list, job_runs
@@ -52,6 +58,10 @@ def json_object_body(request: Request) -> dict[str, Any]:
 class JobListCreateView(ListAPIView):
     serializer_class = JobListSerializer
 
+    def get_throttles(self) -> list[BaseThrottle]:
+        # Submits only: reading the list is not rate limited.
+        return [SubmitRateThrottle()] if self.request.method == "POST" else []
+
     def get_queryset(self) -> Any:
         status = self.request.query_params.get("status") or None
         if status and status not in JobStatus.values:
@@ -66,14 +76,22 @@ class JobListCreateView(ListAPIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("session_id", str), OpenApiParameter("status", str),
-            OpenApiParameter("job_type", str),
+            OpenApiParameter("session_id", {"type": "string", "maxLength": 128}),
+            OpenApiParameter("status", str, enum=JobStatus.values),
+            OpenApiParameter("job_type", {"type": "string", "maxLength": 128}),
         ]
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
 
-    @extend_schema(request=SubmitSerializer, responses={202: SubmitResponseSerializer, 200: SubmitResponseSerializer})
+    @extend_schema(
+        request=SubmitSerializer,
+        responses={
+            202: SubmitResponseSerializer, 200: SubmitResponseSerializer,
+            403: OpenApiResponse(SubmitBlockedSerializer, description="recorded as blocked"),
+            **error_responses(409, 429),
+        },
+    )
     def post(self, request: Request) -> Response:
         serializer = SubmitSerializer(data=json_object_body(request))
         serializer.is_valid(raise_exception=True)
@@ -103,7 +121,7 @@ class JobListCreateView(ListAPIView):
 
 
 class JobDetailView(APIView):
-    @extend_schema(responses=JobSerializer)
+    @extend_schema(responses=JobDetailSerializer)
     def get(self, request: Request, job_id: str) -> Response:
         job = get_job_or_404(request, job_id)
         data = JobSerializer(job).data
@@ -112,11 +130,11 @@ class JobDetailView(APIView):
 
 
 class JobAuditView(APIView):
-    @extend_schema(responses=AuditStampSerializer(many=True))
+    @extend_schema(responses=JobAuditSerializer)
     def get(self, request: Request, job_id: str) -> Response:
         job = get_job_or_404(request, job_id)
         stamps = stamps_for_job(job_id=job.pk)
-        return Response({"job_id": job.pk, "stamps": AuditStampSerializer(stamps, many=True).data})
+        return Response(JobAuditSerializer({"job_id": job.pk, "stamps": stamps}).data)
 
 
 class EventStreamRenderer(renderers.BaseRenderer):
@@ -167,13 +185,28 @@ def job_event_stream(job_id: str, *, after_seq: int = 0, max_seconds: float | No
 class JobEventsView(APIView):
     renderer_classes = [renderers.JSONRenderer, EventStreamRenderer]
 
-    @extend_schema(responses={(200, "text/event-stream"): str})
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        # An error is a JSON body even when the client asked for text/event-stream.
+        if isinstance(response, Response):
+            request.accepted_renderer = renderers.JSONRenderer()
+            request.accepted_media_type = "application/json"
+        return super().finalize_response(request, response, *args, **kwargs)
+
+    @extend_schema(
+        parameters=[OpenApiParameter(
+            "after", {"type": "integer", "minimum": 0, "maximum": INT32_MAX},
+            description="resume after this stamp seq (the Last-Event-ID header wins)",
+        )],
+        responses={(200, "text/event-stream"): OpenApiResponse(
+            SSE_EVENT_SCHEMA,
+            description="Server-Sent Events, each as described: `status` (id = stamp seq), `progress`, "
+                        "then `end` or `timeout`",
+        )},
+    )
     def get(self, request: Request, job_id: str) -> StreamingHttpResponse:
         job = get_job_or_404(request, job_id)
-        try:
-            after = int(request.headers.get("Last-Event-ID") or request.query_params.get("after") or 0)
-        except ValueError:
-            raise DomainError("invalid_request", "Last-Event-ID must be an integer") from None
+        raw = request.headers.get("Last-Event-ID") or request.query_params.get("after")
+        after = int_param(raw, where="Last-Event-ID", default=0, minimum=0, maximum=INT32_MAX)
         response = StreamingHttpResponse(job_event_stream(job.pk, after_seq=after), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"

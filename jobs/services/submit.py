@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,10 +14,11 @@ from django.utils import timezone
 from audit.events import Event
 from audit.services import canonical_json
 from common.errors import DomainError
+from common.validation import check_identifier, check_json, check_run_after, out_of_range
 from governance.egress import callback_url_check
 from governance.models import Decision
 from governance.policy import PolicyDecision, policy_evaluate, redact_inputs
-from governance.secrets import encrypt_secrets, split_secrets
+from governance.secrets import encrypt_secrets, legacy_request_hash, request_hmac, secret_strings, split_secrets
 from governance.selectors import missing_permissions, principal_grants
 from jobs.admission.dispatcher import dispatch_soon
 from jobs.checkpoints import checkpoint_before, checkpoint_for_ack
@@ -57,8 +57,8 @@ class SubmitResult:
         return self.job.status == JobStatus.BLOCKED
 
 
-def _request_hash(spec: SubmitSpec) -> str:
-    payload = {
+def _request_payload(spec: SubmitSpec) -> str:
+    return canonical_json({
         "job_type": spec.job_type,
         "inputs": spec.inputs,
         "session_id": spec.session_id,
@@ -66,16 +66,34 @@ def _request_hash(spec: SubmitSpec) -> str:
         "run_after": spec.run_after.isoformat() if spec.run_after else None,
         "constraints": spec.constraints,
         "callback_url": spec.callback_url,
-    }
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+    })
 
 
-def _schema_errors(schema: dict[str, Any], inputs: dict[str, Any]) -> dict[str, list[str]]:
+def _request_hashes(spec: SubmitSpec) -> tuple[str, str]:
+    """(hash to store, hash a job stored before the HMAC carries) for ``spec``.
+
+    An HMAC of the payload (secret fields included) under the server's key: equal payloads
+    give equal hashes, and the stored hash (shown in the admin) confirms no guessed secret.
+    """
+    payload = _request_payload(spec).encode()
+    return request_hmac(payload), legacy_request_hash(payload)
+
+
+def _schema_errors(schema: dict[str, Any], inputs: dict[str, Any],
+                   secret_fields: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Field (JSON path) → messages. jsonschema puts the failing value in its messages
+    (``'s3cret' is too short``): for a secret field, or any message that would show a secret
+    value, only the rule that failed is said."""
     validator = jsonschema.Draft202012Validator(schema)
+    secrets = [s for s in secret_strings({k: inputs[k] for k in secret_fields if k in inputs}) if s]
     errors: dict[str, list[str]] = {}
     for error in validator.iter_errors(inputs):
         path = ".".join(str(p) for p in error.absolute_path) or "(root)"
-        errors.setdefault(path, []).append(error.message)
+        message = error.message
+        in_secret = bool(error.absolute_path) and error.absolute_path[0] in secret_fields
+        if in_secret or any(secret in message for secret in secrets):
+            message = f"does not match the schema ({error.validator}); the value is secret and not shown"
+        errors.setdefault(path, []).append(message)
     return errors
 
 
@@ -102,7 +120,8 @@ def _validate_constraints(constraints: dict[str, Any], job_type: JobType) -> dic
 def validate_inputs(*, job_type: JobType, inputs: Any) -> None:
     if not isinstance(inputs, dict):
         raise DomainError("invalid_inputs", "inputs must be a JSON object", errors={"(root)": ["not an object"]})
-    errors = _schema_errors(job_type.input_schema, inputs)
+    check_json(inputs, where="inputs")
+    errors = _schema_errors(job_type.input_schema, inputs, tuple(job_type.secret_fields))
     if errors:
         raise DomainError("invalid_inputs", "inputs do not match the job type's schema", errors=errors)
 
@@ -119,30 +138,33 @@ def _initial_status(decision: PolicyDecision) -> tuple[str, str]:
 def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
     """Validate, evaluate policy, stamp and queue one job.
 
-    Steps: (1) resolve the job type; (2) validate inputs, constraints and the callback URL's
+    Steps: (1) resolve the job type (the envelope's identifiers hold no control characters);
+    (2) validate inputs (characters, depth, schema), constraints, priority and the callback URL's
     target (``callback_url_forbidden``, see ``governance.egress``); (3) an idempotency
     key already used by this principal returns its job (same payload) or raises
-    ``idempotency_conflict``; (4) permission check — a miss records a ``blocked`` job; (5) policy
-    — block records a ``blocked`` job, redact replaces fields, require_approval parks the job;
-    (6) secret fields are split off and encrypted; (7) insert + creation stamp in one
-    transaction (a concurrent duplicate key loses on the unique constraint and is answered like
-    step 3); (8) a dispatch pass runs after commit.
+    ``idempotency_conflict``, then ``run_after`` must be within its horizon; (4) permission
+    check — a miss records a ``blocked`` job; (5) policy — block records a ``blocked`` job,
+    redact replaces fields, require_approval parks the job; (6) secret fields are split off and
+    encrypted; (7) insert + creation stamp in one transaction (a concurrent duplicate key loses
+    on the unique constraint and is answered like step 3); (8) a dispatch pass runs after commit.
     """
+    _check_envelope(spec)
     try:
         job_type = registry.get(spec.job_type)
     except UnknownJobType:
         raise DomainError("unknown_job_type", f"unknown job type {spec.job_type!r}") from None
     validate_inputs(job_type=job_type, inputs=spec.inputs)
     constraints = _validate_constraints(spec.constraints or {}, job_type)
-    if not PRIORITY_RANGE[0] <= spec.priority <= PRIORITY_RANGE[1]:
-        raise DomainError("invalid_request", "priority must be between -100 and 100",
-                          errors={"priority": ["out of range"]})
+    if isinstance(spec.priority, bool) or not PRIORITY_RANGE[0] <= spec.priority <= PRIORITY_RANGE[1]:
+        raise out_of_range("priority", f"must be between {PRIORITY_RANGE[0]} and {PRIORITY_RANGE[1]}")
     callback_url_check(url=spec.callback_url)
-    request_hash = _request_hash(spec)
+    request_hash, legacy_hash = _request_hashes(spec)
     if spec.idempotency_key:
-        existing = _idempotent_existing(principal, spec.idempotency_key, request_hash)
+        existing = _idempotent_existing(principal, spec.idempotency_key, (request_hash, legacy_hash))
         if existing is not None:
             return SubmitResult(existing, created=False)
+    # After the idempotent lookup: repeating an old submit answers its job, whenever it comes.
+    check_run_after(spec.run_after)
 
     public_inputs, secrets = split_secrets(spec.inputs, job_type.secret_fields)
     decision = policy_evaluate(
@@ -221,18 +243,28 @@ def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
     except IntegrityError:
         if not spec.idempotency_key:
             raise
-        existing = _idempotent_existing(principal, spec.idempotency_key, request_hash)
+        existing = _idempotent_existing(principal, spec.idempotency_key, (request_hash, legacy_hash))
         if existing is None:
             raise
         return SubmitResult(existing, created=False)
     return SubmitResult(job, created=True)
 
 
-def _idempotent_existing(principal: User, key: str, request_hash: str) -> Job | None:
+def _check_envelope(spec: SubmitSpec) -> None:
+    """The envelope's identifiers hold no control characters, whoever calls (REST, admin, MCP):
+    they reach log lines and consoles."""
+    for name in ("job_type", "session_id", "idempotency_key", "trace_id", "correlation_id",
+                 "conversation_id", "callback_url"):
+        value = getattr(spec, name)
+        if value:
+            check_identifier(str(value), where=name)
+
+
+def _idempotent_existing(principal: User, key: str, hashes: tuple[str, str]) -> Job | None:
     existing = Job.objects.filter(principal=principal, idempotency_key=key).first()
     if existing is None:
         return None
-    if existing.request_hash != request_hash:
+    if existing.request_hash not in hashes:
         raise DomainError(
             "idempotency_conflict",
             "this idempotency key was used with a different payload",

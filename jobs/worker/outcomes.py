@@ -125,7 +125,8 @@ def scrub_secrets(job: Job, job_type: JobType | None, value: Any, *, drop_fields
         return value
     if drop_fields and isinstance(value, dict) and job_type is not None:
         value = {k: v for k, v in value.items() if k not in job_type.secret_fields}
-    return secrets_scrub(value, secret_strings(decrypt_secrets(job.secret_inputs)))
+    # A secret the submitter also gave in a public input is no secret there: not masked.
+    return secrets_scrub(value, secret_strings(decrypt_secrets(job.secret_inputs)), public=job.inputs)
 
 
 def complete_stage(job: Job, run: JobRun, ctx: JobContext, *, job_type: JobType, output: dict[str, Any],
