@@ -116,8 +116,8 @@ def _message(job_id: str) -> dict[str, Any]:
 # raising one needs a reason in the commit message. BEGIN and COMMIT are not statements here.
 SUBMIT = (9, 4)  # policy rules, grants; insert + stamp; the dispatch pass after commit
 DISPATCH_ONE = (5, 1)  # in-flight count, job-type controls, fair-share candidates, lock, mark
-SINGLE_STAGE = (18, 6)  # job read; claim; grants, policy rules; finish; a dispatch pass
-TWO_STAGE = (42, 15)  # both stages, each with its claim, re-check, finish and dispatch pass
+SINGLE_STAGE = (12, 6)  # job read; claim (update, stamp, run); grants, policy rules; finish; a dispatch pass
+TWO_STAGE = (30, 15)  # both stages, each with its claim, re-check, finish and dispatch pass
 
 
 def _check(label: str, got: Tally, budget: tuple[int, int]) -> None:

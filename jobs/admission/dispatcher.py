@@ -50,6 +50,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from audit.events import Event
+from audit.services import ChainHead
 from jobs.models import Job, JobRun, JobStatus, JobTypeControl, PrincipalControl, SessionControl
 from jobs.transitions import job_transition
 
@@ -115,19 +116,20 @@ def _unmark(admitted: list[Admitted], failed_ids: list[str]) -> None:
 def promote_due_retries(*, limit: int = 500) -> int:
     """retry_scheduled → queued for jobs whose backoff has passed."""
     now = timezone.now()
-    ids = list(
+    rows = list(
         Job.objects.filter(status=JobStatus.RETRY_SCHEDULED, run_after__lte=now)
         .order_by("run_after")
-        .values_list("id", flat=True)[:limit]
+        .values_list("id", "chain_seq", "chain_hash")[:limit]
     )
     moved = 0
-    for job_id in ids:
+    for job_id, seq, digest in rows:
         if job_transition(
             job_id=job_id,
             to=JobStatus.QUEUED,
             allowed_from=[JobStatus.RETRY_SCHEDULED],
             event=Event.RETRY_DUE,
             updates={"dispatched_at": None},
+            head=ChainHead(seq, digest),
         ):
             moved += 1
     return moved

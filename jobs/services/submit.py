@@ -25,7 +25,7 @@ from jobs.errors import UnknownJobType
 from jobs.hooks import approval_gate, approval_open
 from jobs.models import Job, JobStatus, Stage, new_trace_id
 from jobs.registry import JobType, registry
-from jobs.transitions import job_created_stamp
+from jobs.transitions import job_create
 
 KNOWN_CONSTRAINTS = {"max_runtime_s", "requires_human_ack", "no_external_posting"}
 PRIORITY_RANGE = (-100, 100)
@@ -208,9 +208,7 @@ def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
         with transaction.atomic():
             if status == JobStatus.BLOCKED:
                 job.finished_at = job.created_at
-            job.save(force_insert=True)
-            job_created_stamp(job=job, event=event, actor=f"principal:{principal.get_username()}",
-                              details=details)
+            job_create(job=job, event=event, actor=f"principal:{principal.get_username()}", details=details)
             if status == JobStatus.PENDING_APPROVAL:
                 approval_open(job=job, checkpoint=checkpoint, approvers=decision.approvers)
             if status == JobStatus.QUEUED:

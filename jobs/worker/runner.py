@@ -29,14 +29,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from audit.events import Event
-from audit.services import stamp_append
 from governance.secrets import decrypt_secrets
+from jobs.chain import head_of, job_stamp
 from jobs.checkpoints import checkpoint_before
 from jobs.errors import JobCancelled, PermanentError, UnknownJobType
 from jobs.hooks import approval_gate
 from jobs.models import EffectRecord, ErrorClass, Job, JobRun, JobStatus, Stage, new_run_id
 from jobs.registry import JobType, registry
-from jobs.transitions import job_transition
+from jobs.transitions import job_transition, job_transition_stamped
 from jobs.worker.classify import classify_error
 from jobs.worker.context import JobContext, RunMonitor
 from jobs.worker.outcomes import (
@@ -61,14 +61,15 @@ def job_claim(
 ) -> tuple[Job, JobRun] | StageOutcome:
     job = Job.objects.select_related("principal").filter(pk=job_id).first()
     if job is None:
-        return refuse(job_id=job_id, reason="unknown_job", worker=worker)
+        return refuse(job_id=job_id, reason="unknown_job", worker=worker, no_job=True)
+    head = head_of(job)
     if job.status != JobStatus.QUEUED:
-        return refuse(job_id=job_id, reason=f"not_claimable:{job.status}", worker=worker)
+        return refuse(job_id=job_id, reason=f"not_claimable:{job.status}", worker=worker, head=head)
     if job.stage != stage:
-        return refuse(job_id=job_id, reason="stage_mismatch", worker=worker,
+        return refuse(job_id=job_id, reason="stage_mismatch", worker=worker, head=head,
                       details={"message_stage": stage, "job_stage": job.stage})
     if not token or token != job.dispatch_token:
-        return refuse(job_id=job_id, reason="dispatch_token_mismatch", worker=worker)
+        return refuse(job_id=job_id, reason="dispatch_token_mismatch", worker=worker, head=head)
     if job.claims >= settings.JOBS_MAX_CLAIMS_PER_STAGE:
         job_transition(
             job_id=job_id, to=JobStatus.DEAD_LETTERED, allowed_from=[JobStatus.QUEUED],
@@ -76,13 +77,14 @@ def job_claim(
             details={"error_class": ErrorClass.POISON, "claims": job.claims, "stage": stage},
             updates={"error_class": ErrorClass.POISON, "reason": "poison",
                      "error": f"stage {stage} claimed {job.claims} times without finishing"},
+            head=head,
         )
         return StageOutcome(job_id, "dead_lettered", "poison")
     now = timezone.now()
     # The first claim takes the run id answered at submit; every later one gets a fresh one.
     run_id = job.first_run_id if job.first_run_id and not job.current_run_id else new_run_id()
     with transaction.atomic():
-        prior = job_transition(
+        moved = job_transition_stamped(
             job_id=job_id,
             to=JobStatus.RUNNING,
             allowed_from=[JobStatus.QUEUED],
@@ -103,8 +105,9 @@ def job_claim(
                 "progress_message": "",
             },
             expect={"stage": stage, "dispatch_token": token},
+            head=head,
         )
-        if prior is None:
+        if moved is None:
             return refuse(job_id=job_id, reason="lost_race", worker=worker)
         run = JobRun.objects.create(
             run_id=run_id,
@@ -117,6 +120,7 @@ def job_claim(
             model_version=settings.JOBS_MODEL_VERSION,
         )
     # Mirror the UPDATE locally instead of re-reading the row (one query less per stage).
+    job.chain_seq, job.chain_hash = moved[1].seq, moved[1].hash
     job.status = JobStatus.RUNNING
     job.current_run_id = run_id
     job.lease_owner = worker
@@ -164,8 +168,9 @@ def _commit_through_ledger(job_type: JobType, job: Job, ctx: JobContext) -> dict
     key = job_type.effect_key(ctx, proposal)
     recorded = EffectRecord.objects.filter(job_type=job.job_type, effect_key=key).first()
     if recorded is not None:
-        stamp_append(job_id=job.id, event=Event.EFFECT_REPLAYED, actor=worker_actor(ctx.worker),
-                     details={"effect_key": key, "run_id": ctx.run_id})
+        stamp = job_stamp(job_id=job.id, event=Event.EFFECT_REPLAYED, actor=worker_actor(ctx.worker),
+                          details={"effect_key": key, "run_id": ctx.run_id}, head=head_of(job))
+        job.chain_seq, job.chain_hash = stamp.seq, stamp.hash
         return dict(recorded.result)
     try:
         with transaction.atomic():
