@@ -446,6 +446,10 @@ def purge_database() -> None:
     quoted = ", ".join(connection.ops.quote_name(t) for t in tables)
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {quoted} RESTART IDENTITY CASCADE")
+    # TRUNCATE sends no signals: tell the governance caches the rules changed.
+    from governance.cache import governance_bump
+
+    governance_bump()
 
 
 def purge_broker(client: redis.Redis, *, queues: Sequence[str]) -> int:

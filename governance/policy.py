@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import hashlib
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
-from audit.services import canonical_json
+from governance.cache import GovernanceSnapshot, governance_snapshot
 from governance.models import Checkpoint, Decision, PolicyRule
 
 REDACTED = "[REDACTED]"
@@ -152,37 +151,15 @@ def redact_fields_errors(fields: Any) -> list[str]:
     ]
 
 
-def _rule_fingerprint(rule: PolicyRule) -> dict[str, Any]:
-    return {
-        "id": rule.pk,
-        "order": rule.order,
-        "job_type": rule.job_type,
-        "scope": rule.scope,
-        "principal": rule.principal_id,
-        "group": rule.group_id,
-        "risk": rule.risk,
-        "conditions": rule.conditions,
-        "decision": rule.decision,
-        "approvers": rule.approvers,
-        "checkpoint": rule.checkpoint,
-        "redact_fields": rule.redact_fields,
-    }
-
-
 def active_rules() -> list[PolicyRule]:
-    return list(PolicyRule.objects.filter(enabled=True).order_by("order", "id"))
-
-
-def policy_version(rules: list[PolicyRule]) -> str:
-    digest = hashlib.sha256(canonical_json([_rule_fingerprint(r) for r in rules]).encode()).hexdigest()
-    return digest[:16]
+    return governance_snapshot().rules()[0]
 
 
 def _rule_matches(
     rule: PolicyRule,
     *,
     principal: AbstractBaseUser | AnonymousUser,
-    group_ids: set[int],
+    group_ids: frozenset[int] | set[int],
     job_type: str,
     scope: str,
     risk: str,
@@ -210,19 +187,22 @@ def policy_evaluate(
     ack: str,
     has_commit: bool,
     inputs: dict[str, Any],
+    snapshot: GovernanceSnapshot | None = None,
 ) -> PolicyDecision:
     """Return the decision for one job: first enabled matching rule by order, else risk default.
 
     A ``redact`` rule is not final: it records its fields and evaluation goes on, so a later
     rule can still block or require approval (the path lists every rule that matched).
     A job type's own acknowledgment point always requires at least one approval there.
+    ``snapshot``: the governance snapshot the caller already took (rules and groups come from
+    its cache; see ``governance.cache``).
     """
-    rules = active_rules()
-    version = policy_version(rules)
-    groups = getattr(principal, "groups", None)
+    snapshot = snapshot or governance_snapshot()
+    rules, version = snapshot.rules()
     # Only read the principal's groups when a rule is scoped to a group.
-    needs_groups = principal.pk and groups is not None and any(r.group_id is not None for r in rules)
-    group_ids = set(groups.values_list("id", flat=True)) if needs_groups and groups is not None else set()
+    pk = principal.pk
+    needs_groups = pk is not None and any(r.group_id is not None for r in rules)
+    group_ids: frozenset[int] | set[int] = snapshot.group_ids(pk) if pk is not None and needs_groups else set()
     path: list[str] = []
     redact: list[str] = []
     decision: PolicyDecision | None = None

@@ -114,10 +114,10 @@ def _message(job_id: str) -> dict[str, Any]:
 
 # Budgets (statements, transactions), as measured. Lower them when a change saves a round trip;
 # raising one needs a reason in the commit message. BEGIN and COMMIT are not statements here.
-SUBMIT = (9, 4)  # policy rules, grants; insert + stamp; the dispatch pass after commit
+SUBMIT = (8, 3)  # governance version; insert + stamp; the dispatch pass after commit
 DISPATCH_ONE = (5, 1)  # in-flight count, job-type controls, fair-share candidates, lock, mark
-SINGLE_STAGE = (12, 6)  # job read; claim (update, stamp, run); grants, policy rules; finish; a dispatch pass
-TWO_STAGE = (30, 15)  # both stages, each with its claim, re-check, finish and dispatch pass
+SINGLE_STAGE = (10, 4)  # job read (with the governance version); claim (update, stamp, run); finish; a dispatch pass
+TWO_STAGE = (26, 11)  # both stages, each with its job read, claim, finish and dispatch pass
 
 
 def _check(label: str, got: Tally, budget: tuple[int, int]) -> None:

@@ -15,6 +15,7 @@ from django.utils import timezone
 from audit.events import Event
 from audit.services import canonical_json
 from common.errors import DomainError
+from governance.cache import governance_snapshot
 from governance.models import Decision
 from governance.policy import PolicyDecision, policy_evaluate, redact_inputs
 from governance.secrets import encrypt_secrets, split_secrets
@@ -142,16 +143,19 @@ def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
             return SubmitResult(existing, created=False)
 
     public_inputs, secrets = split_secrets(spec.inputs, job_type.secret_fields)
+    # One read of the governance version; rules and grants come from its cache.
+    snapshot = governance_snapshot()
     decision = policy_evaluate(
         principal=principal, job_type=job_type.name, scope=job_type.scope, risk=job_type.risk,
-        ack=job_type.ack, has_commit=job_type.has_commit(), inputs=public_inputs,
+        ack=job_type.ack, has_commit=job_type.has_commit(), inputs=public_inputs, snapshot=snapshot,
     )
     if constraints.get("requires_human_ack") and decision.action in (Decision.ALLOW, Decision.REDACT):
         decision.action = Decision.REQUIRE_APPROVAL
         decision.approvers = max(1, decision.approvers)
         decision.checkpoint = checkpoint_for_ack(has_commit=job_type.has_commit())
         decision.path.append("constraint:requires_human_ack")
-    missing = missing_permissions(required=job_type.permissions, grants=principal_grants(principal=principal))
+    missing = missing_permissions(required=job_type.permissions,
+                                  grants=principal_grants(principal=principal, snapshot=snapshot))
 
     status, checkpoint = _initial_status(decision)
     reason = ""

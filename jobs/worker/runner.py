@@ -29,6 +29,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from audit.events import Event
+from governance.cache import governance_snapshot_at, token_subquery
 from governance.secrets import decrypt_secrets
 from jobs.chain import head_of, job_stamp
 from jobs.checkpoints import checkpoint_before
@@ -59,7 +60,8 @@ STAGES = {Stage.INTAKE.value, Stage.EXECUTE.value, Stage.FINALIZE.value}
 def job_claim(
     *, job_id: str, stage: str, token: str, worker: str, celery_task_id: str = ""
 ) -> tuple[Job, JobRun] | StageOutcome:
-    job = Job.objects.select_related("principal").filter(pk=job_id).first()
+    # The governance version comes with the job: the re-check needs no read of its own.
+    job = Job.objects.select_related("principal").annotate(governance_token=token_subquery()).filter(pk=job_id).first()
     if job is None:
         return refuse(job_id=job_id, reason="unknown_job", worker=worker, no_job=True)
     head = head_of(job)
@@ -211,7 +213,7 @@ def stage_run(*, job_id: Any, stage: Any, token: Any, worker: str, celery_task_i
     )
 
     # 3. governance re-check
-    verdict = governance_recheck(job=job)
+    verdict = governance_recheck(job=job, snapshot=governance_snapshot_at(getattr(job, "governance_token", None)))
     if not verdict.ok:
         if verdict.kind == "scope_lock":
             return release_for_scope(job, run, worker=worker, reason=verdict.reason)
