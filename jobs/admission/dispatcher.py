@@ -448,13 +448,20 @@ def dispatch_kick(*, force: bool = False, promote: bool = False) -> int:
 def dispatch_soon() -> None:
     """Ask for an admission pass after the current transaction commits (or now, outside one).
 
-    Errors are logged, never raised: the beat tick is the backstop.
+    Inside a transaction the room is counted at once, in that transaction (it sees the caller's
+    own change: a finished job no longer in flight), and a pass is scheduled after commit only
+    when it is worth one — under load the request is that one count, and the caller's work stays
+    one transaction. Errors of the pass are logged, never raised: the beat tick is the backstop.
     """
+    if transaction.get_connection().in_atomic_block:
+        if room_now().worth_a_pass:
+            transaction.on_commit(lambda: _kick_logged(force=True))
+        return
+    _kick_logged(force=False)
 
-    def _run() -> None:
-        try:
-            dispatch_kick()
-        except Exception:
-            logger.warning("dispatch after commit failed; the beat tick will retry", exc_info=True)
 
-    transaction.on_commit(_run)
+def _kick_logged(*, force: bool) -> None:
+    try:
+        dispatch_kick(force=force)
+    except Exception:
+        logger.warning("dispatch pass failed; the beat tick will retry", exc_info=True)

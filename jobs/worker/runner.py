@@ -60,7 +60,16 @@ STAGES = {Stage.INTAKE.value, Stage.EXECUTE.value, Stage.FINALIZE.value}
 def job_claim(
     *, job_id: str, stage: str, token: str, worker: str, celery_task_id: str = ""
 ) -> tuple[Job, JobRun] | StageOutcome:
-    # The governance version comes with the job: the re-check needs no read of its own.
+    """Claim the job for this message in one transaction: read it (with the governance version,
+    so the re-check needs no read of its own), refuse what may not run, else the guarded
+    queued → running with its stamp, and the run's row."""
+    with transaction.atomic():
+        return _claim(job_id=job_id, stage=stage, token=token, worker=worker, celery_task_id=celery_task_id)
+
+
+def _claim(
+    *, job_id: str, stage: str, token: str, worker: str, celery_task_id: str
+) -> tuple[Job, JobRun] | StageOutcome:
     job = Job.objects.select_related("principal").annotate(governance_token=token_subquery()).filter(pk=job_id).first()
     if job is None:
         return refuse(job_id=job_id, reason="unknown_job", worker=worker, no_job=True)
@@ -85,7 +94,7 @@ def job_claim(
     now = timezone.now()
     # The first claim takes the run id answered at submit; every later one gets a fresh one.
     run_id = job.first_run_id if job.first_run_id and not job.current_run_id else new_run_id()
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         moved = job_transition_stamped(
             job_id=job_id,
             to=JobStatus.RUNNING,
