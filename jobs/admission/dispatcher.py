@@ -251,17 +251,21 @@ LIMIT %s
 # found by a loose index scan (a recursive CTE hopping through ``job_fair_share_idx``: one probe
 # per session), and each session contributes at most its free slots through a LATERAL
 # ``LIMIT``, read in index order. A session flooding thousands of jobs costs a few index probes,
-# not a sort of its backlog.
+# not a sort of its backlog. The hops order by every column of the partial index (not only
+# principal and session): only that index yields this order, so the plan cannot drift to
+# ``job_api_idx`` — which holds every status and would make each hop walk past the finished jobs
+# of sessions with nothing queued — when statistics are stale (a bulk load, a TRUNCATE).
 _CANDIDATES_SQL_PG = """
 WITH RECURSIVE sessions AS (
     (SELECT j.principal_id, j.session_id FROM {job} j
-     WHERE j.status = %s ORDER BY j.principal_id, j.session_id LIMIT 1)
+     WHERE j.status = %s
+     ORDER BY j.principal_id, j.session_id, j.priority DESC, j.run_after, j.created_at LIMIT 1)
     UNION ALL
     SELECT nxt.principal_id, nxt.session_id FROM sessions s
     CROSS JOIN LATERAL (
         SELECT j.principal_id, j.session_id FROM {job} j
         WHERE j.status = %s AND (j.principal_id, j.session_id) > (s.principal_id, s.session_id)
-        ORDER BY j.principal_id, j.session_id LIMIT 1
+        ORDER BY j.principal_id, j.session_id, j.priority DESC, j.run_after, j.created_at LIMIT 1
     ) nxt
 ),
 flight AS (
