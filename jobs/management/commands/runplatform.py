@@ -141,6 +141,8 @@ class Command(BaseCommand):
             # The Django LOGGING root level; Flower and the stage runner log through it.
             "LOG_LEVEL": options["log_level"],
         })
+        # The dispatcher sizes its unclaimed buffer on the pool it feeds (JOBS_MAX_UNCLAIMED).
+        child_env.setdefault("JOBS_WORKER_CONCURRENCY", str(options["concurrency"]))
 
         # 2. database, static files, demo principal.
         self._say(f"database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]} "
