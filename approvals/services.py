@@ -18,13 +18,13 @@ from django.utils import timezone
 
 from approvals.models import ApprovalDecision, ApprovalRequest, ApprovalStatus
 from audit.events import Event
-from audit.services import stamp_append
 from common.errors import DomainError
 from governance.models import Checkpoint, Decision
 from governance.policy import policy_evaluate, redact_inputs
 from governance.secrets import decrypt_secrets
 from governance.selectors import missing_permissions, principal_grants
 from jobs.admission.dispatcher import dispatch_soon
+from jobs.chain import job_stamp
 from jobs.metrics import approval_decided
 from jobs.models import ErrorClass, Job, JobStatus
 from jobs.registry import registry
@@ -52,7 +52,7 @@ def approval_request_open(
                 approver_permission=f"approve:{job.scope}",
                 expires_at=timezone.now() + timedelta(seconds=settings.APPROVAL_TTL_S),
             )
-            stamp_append(
+            job_stamp(
                 job_id=job.pk,
                 event=event,
                 details={
@@ -200,7 +200,7 @@ def approval_approve(
             modified_inputs={"fields": modified.fields} if modified else None, created_at=now,
         )
         approvals = request.decisions.filter(approve=True).count()
-        stamp_append(
+        job_stamp(
             job_id=job.pk, event=Event.APPROVAL_GRANTED, actor=actor_label(actor), at=now,
             details={
                 "approval_id": request.public_id, "checkpoint": request.checkpoint, "comment": comment,

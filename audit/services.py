@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +54,52 @@ def stamp_hash(
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class ChainHead:
+    """The last stamp of a chain: its seq and hash (seq 0 and "" before the first stamp)."""
+
+    seq: int = 0
+    hash: str = ""
+
+
+def stamp_build(
+    *,
+    job_id: str,
+    head: ChainHead,
+    event: str,
+    actor: str = SYSTEM_ACTOR,
+    from_status: str = "",
+    to_status: str = "",
+    details: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> AuditStamp:
+    """The stamp that follows ``head`` in ``job_id``'s chain, hashed, not saved.
+
+    For a writer that knows the chain head because it holds the subject's row (the jobs app
+    keeps each job's head on the job row and moves it in the same UPDATE as the status): it
+    saves the stamp with :func:`stamp_insert` in the same transaction. Two writers that built
+    on the same head cannot both insert: ``(job_id, seq)`` is unique.
+    """
+    fields: dict[str, Any] = {
+        "job_id": job_id,
+        "seq": head.seq + 1,
+        "created_at": at or timezone.now(),
+        "actor": actor,
+        "event": event,
+        "from_status": from_status,
+        "to_status": to_status,
+        "details": json.loads(canonical_json(details or {})),
+        "prev_hash": head.hash,
+    }
+    return AuditStamp(**fields, hash=stamp_hash(**fields))
+
+
+def stamp_insert(stamp: AuditStamp) -> AuditStamp:
+    """Insert a stamp built by :func:`stamp_build` (one INSERT, in the caller's transaction)."""
+    stamp.save(force_insert=True)
+    return stamp
+
+
 def stamp_append(
     *,
     job_id: str,
@@ -64,90 +111,95 @@ def stamp_append(
     at: datetime | None = None,
     genesis: bool = False,
 ) -> AuditStamp:
-    """Append one stamp to ``job_id``'s chain.
+    """Append one stamp to a chain whose head nobody keeps: read the head, insert after it.
+
+    For chains without a subject row (refusals of messages for unknown ids, the retention
+    chain). A concurrent append then fails the (job_id, seq) unique constraint inside a
+    savepoint and is retried on the new head. Chains of a subject that keeps its head (jobs)
+    are written through that subject's app, which moves the head with the stamp.
 
     ``genesis=True`` writes seq 1 of a chain whose id was created in the caller's uncommitted
-    transaction (a new job): no other writer can know the id yet, so there is no head to read
-    and no conflict to retry.
-
-    Callers that change a job hold its row lock (the guarded UPDATE took it), so the chain head
-    cannot move under them. Stamps for unknown ids (refused forged messages) have no row to
-    lock; a concurrent append then fails the (job_id, seq) unique constraint and is retried.
+    transaction: no other writer can know the id yet, so there is no head to read.
     """
-    details = json.loads(canonical_json(details or {}))
+    stamp_args: dict[str, Any] = {
+        "job_id": job_id, "event": event, "actor": actor, "from_status": from_status,
+        "to_status": to_status, "details": details, "at": at,
+    }
     if genesis:
-        fields0: dict[str, Any] = {
-            "job_id": job_id, "seq": 1, "created_at": at or timezone.now(), "actor": actor, "event": event,
-            "from_status": from_status, "to_status": to_status, "details": details, "prev_hash": "",
-        }
-        return AuditStamp.objects.create(**fields0, hash=stamp_hash(**fields0))
+        return stamp_insert(stamp_build(head=ChainHead(), **stamp_args))
     for _ in range(10):
-        head = (
+        found = (
             AuditStamp.objects.filter(job_id=job_id).order_by("-seq").values_list("seq", "hash").first()
         )
-        seq, prev = (head[0] + 1, head[1]) if head else (1, "")
-        fields: dict[str, Any] = {
-            "job_id": job_id,
-            "seq": seq,
-            "created_at": at or timezone.now(),
-            "actor": actor,
-            "event": event,
-            "from_status": from_status,
-            "to_status": to_status,
-            "details": details,
-            "prev_hash": prev,
-        }
+        stamp = stamp_build(head=ChainHead(*found) if found else ChainHead(), **stamp_args)
         try:
             with transaction.atomic():
-                return AuditStamp.objects.create(**fields, hash=stamp_hash(**fields))
+                return stamp_insert(stamp)
         except IntegrityError:
             continue
     raise RuntimeError(f"could not append audit stamp for {job_id}: chain head kept moving")
 
 
-def stamps_append_bulk(entries: list[dict[str, Any]]) -> int:
-    """Append one stamp to each of many *different* jobs in one INSERT (bulk cancel).
+def stamps_build_bulk(entries: list[dict[str, Any]], *, heads: dict[str, ChainHead]) -> list[AuditStamp]:
+    """One stamp after each given head, for many *different* chains (bulk cancel), not saved.
 
-    Each entry has the keyword arguments of :func:`stamp_append`. The caller holds the jobs'
-    row locks (it just updated them), so no head moves meanwhile.
+    Each entry has the keyword arguments of :func:`stamp_build` but ``head``, which is looked
+    up in ``heads`` by ``job_id`` (missing: a new chain). Entries usually share one details
+    dict, which is normalised once.
     """
-    if not entries:
-        return 0
-    ids = [e["job_id"] for e in entries]
-    heads: dict[str, tuple[int, str]] = {}
-    for job_id, seq, digest in (
-        AuditStamp.objects.filter(job_id__in=ids).order_by("job_id", "-seq").distinct("job_id")
-        if transaction.get_connection().vendor == "postgresql"
-        else AuditStamp.objects.filter(job_id__in=ids).order_by("job_id", "seq")
-    ).values_list("job_id", "seq", "hash"):
-        heads[job_id] = (seq, digest)
-    rows = []
+    rows: list[AuditStamp] = []
     now = timezone.now()
-    normalized: dict[int, Any] = {}  # bulk callers pass one details dict for every entry
+    normalized: dict[int, Any] = {}
     for e in entries:
-        seq0, prev = heads.get(e["job_id"], (0, ""))
+        head = heads.get(e["job_id"], ChainHead())
         raw = e.get("details") or {}
         if id(raw) not in normalized:
             normalized[id(raw)] = json.loads(canonical_json(raw))
-        details = normalized[id(raw)]
         fields = {
             "job_id": e["job_id"],
-            "seq": seq0 + 1,
-            "created_at": now,
+            "seq": head.seq + 1,
+            "created_at": e.get("at") or now,
             "actor": e.get("actor", SYSTEM_ACTOR),
             "event": e["event"],
             "from_status": e.get("from_status", ""),
             "to_status": e.get("to_status", ""),
-            "details": details,
-            "prev_hash": prev,
+            "details": normalized[id(raw)],
+            "prev_hash": head.hash,
         }
         rows.append(AuditStamp(**fields, hash=stamp_hash(**fields)))
+    return rows
+
+
+def stamps_insert_bulk(rows: list[AuditStamp]) -> int:
+    """Insert many built stamps in the caller's transaction (``COPY`` on PostgreSQL)."""
+    if not rows:
+        return 0
     connection = transaction.get_connection()
     if connection.vendor == "postgresql":
         _copy_stamps(connection, rows)
     else:
         AuditStamp.objects.bulk_create(rows, batch_size=1000)
     return len(rows)
+
+
+def stamps_append_bulk(entries: list[dict[str, Any]]) -> int:
+    """Append one stamp to each of many *different* chains, reading their heads first.
+
+    For chains whose head nobody keeps (and for building test and benchmark data). Each entry
+    has the keyword arguments of :func:`stamp_append`. The caller holds whatever lock keeps
+    the heads still meanwhile.
+    """
+    if not entries:
+        return 0
+    ids = [e["job_id"] for e in entries]
+    heads: dict[str, ChainHead] = {}
+    for job_id, seq, digest in (
+        AuditStamp.objects.filter(job_id__in=ids).order_by("job_id", "-seq").distinct("job_id")
+        if transaction.get_connection().vendor == "postgresql"
+        else AuditStamp.objects.filter(job_id__in=ids).order_by("job_id", "seq")
+    ).values_list("job_id", "seq", "hash"):
+        heads[job_id] = ChainHead(seq, digest)
+    return stamps_insert_bulk(stamps_build_bulk(entries, heads=heads))
 
 
 _STAMP_COLUMNS = ("job_id", "seq", "created_at", "actor", "event", "from_status", "to_status", "details",

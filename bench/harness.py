@@ -222,6 +222,26 @@ class Ctx:
 
         return get_user_model().objects.get(username=BENCH_USERNAME)
 
+    def profiled(self, name: str, pid: int | None, *,
+                 children: bool = True) -> contextlib.AbstractContextManager[Any]:
+        """With ``-o profile=1``: sample ``pid`` and its children with py-spy inside the block, and
+        keep the summary in ``extra["profile"][name]`` (``bench/profile.py``); else do nothing."""
+        if not self.options.get("profile") or pid is None:
+            return contextlib.nullcontext()
+        from bench.profile import Spy, format_summary, summarize
+
+        output = self.run_dir / f"{name}.pyspy.txt"
+
+        @contextlib.contextmanager
+        def spy() -> Iterator[None]:
+            with Spy(pid, output, children=children):
+                yield
+            summary = summarize(output)
+            self.extra.setdefault("profile", {})[name] = summary
+            self.log("\n" + format_summary(name, summary))
+
+        return spy()
+
     def purge(self) -> None:
         """Empty the bench's job tables and its broker queues (see :func:`purge_database`)."""
         purge_database()
@@ -426,6 +446,10 @@ def purge_database() -> None:
     quoted = ", ".join(connection.ops.quote_name(t) for t in tables)
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {quoted} RESTART IDENTITY CASCADE")
+    # TRUNCATE sends no signals: tell the governance caches the rules changed.
+    from governance.cache import governance_bump
+
+    governance_bump()
 
 
 def purge_broker(client: redis.Redis, *, queues: Sequence[str]) -> int:

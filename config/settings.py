@@ -370,6 +370,15 @@ CELERY_BEAT_SCHEDULE = {
 # How many jobs may be published-but-unfinished at once; the rest wait in the database.
 JOBS_MAX_IN_FLIGHT = _int("JOBS_MAX_IN_FLIGHT", 200, minimum=1)
 JOBS_DISPATCH_BATCH = _int("JOBS_DISPATCH_BATCH", 100, minimum=1)
+# Fair share decides at the last moment: at most this many jobs are published and not yet
+# claimed, so the broker never holds a long FIFO that priority and round-robin cannot reorder.
+# Default: twice the pool size of one worker (JOBS_WORKER_CONCURRENCY, Celery's default -c is
+# the CPU count); set it to about twice the sum of -c over all workers of the cluster.
+JOBS_WORKER_CONCURRENCY = _int("JOBS_WORKER_CONCURRENCY", os.cpu_count() or 1, minimum=1)
+JOBS_MAX_UNCLAIMED = _int("JOBS_MAX_UNCLAIMED", 2 * JOBS_WORKER_CONCURRENCY, minimum=1)
+# A message unclaimed for longer stops counting against JOBS_MAX_UNCLAIMED (it may have been
+# lost with the broker; it is published again after JOBS_REDISPATCH_AFTER_S).
+JOBS_UNCLAIMED_STALE_S = _float("JOBS_UNCLAIMED_STALE_S", 10.0, minimum=0.1)
 # A queued job whose message has not been claimed after this long is published again (the
 # first message may have been lost with a broker restart); duplicates are refused by the claim.
 JOBS_REDISPATCH_AFTER_S = _int("JOBS_REDISPATCH_AFTER_S", 60, minimum=1)

@@ -97,3 +97,15 @@ class WebhookSecret(models.Model):
 
     def __str__(self) -> str:
         return f"webhook secret of principal {self.principal_id}"
+
+
+class GovernanceVersion(models.Model):
+    """One row whose token changes with every change to policy rules, grants or group
+    membership (``governance.cache``): readers cache those behind it."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    token = models.CharField(max_length=32)
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"governance version {self.token}"

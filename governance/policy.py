@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import hashlib
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
-from audit.services import canonical_json
+from governance.cache import GovernanceSnapshot, governance_snapshot, policy_version
 from governance.models import Checkpoint, Decision, PolicyRule
 
 REDACTED = "[REDACTED]"
@@ -152,37 +151,15 @@ def redact_fields_errors(fields: Any) -> list[str]:
     ]
 
 
-def _rule_fingerprint(rule: PolicyRule) -> dict[str, Any]:
-    return {
-        "id": rule.pk,
-        "order": rule.order,
-        "job_type": rule.job_type,
-        "scope": rule.scope,
-        "principal": rule.principal_id,
-        "group": rule.group_id,
-        "risk": rule.risk,
-        "conditions": rule.conditions,
-        "decision": rule.decision,
-        "approvers": rule.approvers,
-        "checkpoint": rule.checkpoint,
-        "redact_fields": rule.redact_fields,
-    }
-
-
 def active_rules() -> list[PolicyRule]:
-    return list(PolicyRule.objects.filter(enabled=True).order_by("order", "id"))
-
-
-def policy_version(rules: list[PolicyRule]) -> str:
-    digest = hashlib.sha256(canonical_json([_rule_fingerprint(r) for r in rules]).encode()).hexdigest()
-    return digest[:16]
+    return governance_snapshot().rules()[0]
 
 
 def _rule_matches(
     rule: PolicyRule,
     *,
     principal: AbstractBaseUser | AnonymousUser,
-    group_ids: set[int],
+    group_ids: frozenset[int] | set[int],
     job_type: str,
     scope: str,
     risk: str,
@@ -212,6 +189,7 @@ def policy_evaluate(
     inputs: dict[str, Any],
     rules: list[PolicyRule] | None = None,
     group_ids: set[int] | None = None,
+    snapshot: GovernanceSnapshot | None = None,
 ) -> PolicyDecision:
     """Return the decision for one job: first enabled matching rule by order, else risk default.
 
@@ -219,18 +197,24 @@ def policy_evaluate(
     rule can still block or require approval (the path lists every rule that matched).
     A job type's own acknowledgment point always requires at least one approval there.
 
-    ``rules`` (ordered) replaces the enabled rules read from the database and ``group_ids``
-    the principal's groups; the policy what-if (``governance.simulate``) passes both so that
-    thousands of evaluations cost no query.
+    ``rules`` (ordered) replaces the enabled rules and ``group_ids`` the principal's groups; the
+    policy what-if (``governance.simulate``) passes both so that thousands of evaluations cost no
+    query. Otherwise both come from ``snapshot``, the governance snapshot the caller already took
+    (cached behind the governance version; see ``governance.cache``), or a fresh one.
     """
+    if rules is None or group_ids is None:
+        snapshot = snapshot or governance_snapshot()
     if rules is None:
-        rules = active_rules()
-    version = policy_version(rules)
+        assert snapshot is not None
+        rules, version = snapshot.rules()
+    else:
+        version = policy_version(rules)
     if group_ids is None:
-        groups = getattr(principal, "groups", None)
+        assert snapshot is not None
         # Only read the principal's groups when a rule is scoped to a group.
-        needs_groups = principal.pk and groups is not None and any(r.group_id is not None for r in rules)
-        group_ids = set(groups.values_list("id", flat=True)) if needs_groups and groups is not None else set()
+        pk = principal.pk
+        needs_groups = pk is not None and any(r.group_id is not None for r in rules)
+        group_ids = set(snapshot.group_ids(pk)) if pk is not None and needs_groups else set()
     path: list[str] = []
     redact: list[str] = []
     decision: PolicyDecision | None = None

@@ -5,22 +5,21 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Q
 from django.utils import timezone
 
-from governance.models import Grant, WebhookSecret
+from governance.cache import GovernanceSnapshot, governance_snapshot
+from governance.models import WebhookSecret
 from governance.secrets import text_decrypt
 
 
-def principal_grants(*, principal: AbstractBaseUser | AnonymousUser) -> set[str]:
-    """The grant strings a principal holds, directly or through its groups."""
+def principal_grants(
+    *, principal: AbstractBaseUser | AnonymousUser, snapshot: GovernanceSnapshot | None = None
+) -> set[str]:
+    """The grant strings a principal holds, directly or through its groups (cached behind the
+    governance version, see ``governance.cache``; ``snapshot`` when the caller took one)."""
     if not principal.pk or not principal.is_active:
         return set()
-    return set(
-        Grant.objects.filter(Q(user_id=principal.pk) | Q(group__user=principal.pk))
-        .values_list("permission", flat=True)
-        .distinct()
-    )
+    return set((snapshot or governance_snapshot()).grants(principal.pk))
 
 
 def missing_permissions(*, required: list[str] | tuple[str, ...], grants: set[str]) -> list[str]:

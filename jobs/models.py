@@ -113,6 +113,12 @@ class Job(models.Model):
     policy_decision = models.JSONField(default=dict, blank=True)
     approval_checkpoint = models.CharField(max_length=32, blank=True, default="")
 
+    # The head of the job's audit chain (its last stamp's seq and hash), moved in the same
+    # UPDATE as every status change (jobs.chain): a stamp needs no lookup of the chain, and a
+    # writer that built on an old head matches no row and re-reads it.
+    chain_seq = models.PositiveIntegerField(default=0)
+    chain_hash = models.CharField(max_length=64, blank=True, default="")
+
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)

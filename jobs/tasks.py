@@ -15,7 +15,7 @@ from celery import Task, shared_task
 from celery.signals import task_postrun, task_prerun
 from django.db import InterfaceError, OperationalError, close_old_connections
 
-from jobs.admission.dispatcher import dispatch_ready
+from jobs.admission.dispatcher import dispatch_kick
 from jobs.logcontext import bind_message, unbind
 from jobs.services.control import cancels_enforce
 from jobs.services.retention import retention_scheduled
@@ -106,8 +106,9 @@ def finalize(self: GovernedStageTask, *args: Any, **kwargs: Any) -> dict[str, st
 
 @shared_task(name="jobs.dispatch_tick", ignore_result=True, acks_late=False)
 def dispatch_tick() -> int:
-    """Beat backstop: promote due retries and publish whatever is ready."""
-    return dispatch_ready(promote=True)
+    """Beat backstop: promote due retries and publish whatever is ready (a coalesced pass that
+    runs even when the unclaimed buffer is only slightly short)."""
+    return dispatch_kick(force=True, promote=True)
 
 
 @shared_task(name="jobs.reap_leases", ignore_result=True, acks_late=False)

@@ -5,9 +5,6 @@
 process changed the row in between, the UPDATE matches nothing and the call is a no-op that
 returns None — "someone else got there first" — never a double execution. The audit stamp is
 written in the same transaction, so the trail can never disagree with the data.
-
-A move to a status somebody waits for (``pending_approval`` or terminal) is announced through
-:func:`jobs.completion.status_reached` in the same transaction (see there).
 """
 
 from __future__ import annotations
@@ -19,10 +16,12 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from audit.services import SYSTEM_ACTOR, stamp_append, stamps_append_bulk
+from audit.models import AuditStamp
+from audit.services import SYSTEM_ACTOR, ChainHead
+from jobs.chain import job_chain_write, job_first_stamp, job_insert, jobs_stamp_bulk
 from jobs.completion import status_reached
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus
-from jobs.observe import bulk_observed, creation_observed, ids_of, transition_observed
+from jobs.observe import bulk_observed, creation_observed, transition_observed
 
 S = JobStatus
 
@@ -60,13 +59,34 @@ def job_transition(
     details: dict[str, Any] | None = None,
     updates: dict[str, Any] | None = None,
     expect: dict[str, Any] | None = None,
+    head: ChainHead | None = None,
 ) -> str | None:
     """Move ``job_id`` to ``to`` if it is in ``allowed_from``; return the prior status or None.
 
     ``updates`` are other columns written in the same UPDATE; ``expect`` are extra guard
     conditions (e.g. ``{"current_run_id": run_id}`` so a stale worker cannot finish a run it no
-    longer owns).
+    longer owns); ``head`` is the job's chain head if the caller read it with the row (saves a
+    read; a stale one costs a retry, never a wrong stamp).
     """
+    moved = job_transition_stamped(job_id=job_id, to=to, allowed_from=allowed_from, event=event, actor=actor,
+                                   details=details, updates=updates, expect=expect, head=head)
+    return moved[0] if moved is not None else None
+
+
+def job_transition_stamped(
+    *,
+    job_id: str,
+    to: str,
+    allowed_from: Iterable[str],
+    event: str,
+    actor: str = SYSTEM_ACTOR,
+    details: dict[str, Any] | None = None,
+    updates: dict[str, Any] | None = None,
+    expect: dict[str, Any] | None = None,
+    head: ChainHead | None = None,
+) -> tuple[str, AuditStamp] | None:
+    """:func:`job_transition`, returning (prior status, the stamp written) — the stamp is the
+    job's new chain head, for a caller that writes to the job again (the worker)."""
     allowed = set(allowed_from)
     for from_status in allowed:
         check_legal(from_status, to)
@@ -78,49 +98,42 @@ def job_transition(
             # One possible prior status: the guarded UPDATE alone is the compare-and-set.
             current: str = next(iter(allowed))
         else:
-            found = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
-            if found is None or found not in allowed:
+            found = Job.objects.filter(pk=job_id).values_list("status", "chain_seq", "chain_hash").first()
+            if found is None or found[0] not in allowed:
                 return None
-            current = found
+            current, head = found[0], ChainHead(found[1], found[2])
         fields: dict[str, Any] = {"status": to, "updated_at": now}
         if to in TERMINAL_STATUSES:
             fields["finished_at"] = now
             fields["lease_expires_at"] = None
             fields["dispatched_at"] = None
         fields.update(updates or {})
-        matched = Job.objects.filter(pk=job_id, status=current, **(expect or {})).update(**fields)
-        if matched == 0:
-            return None
-        stamp_append(
-            job_id=job_id,
-            event=event,
-            actor=actor,
-            from_status=current,
-            to_status=to,
-            details=details,
-            at=now,
+        stamp = job_chain_write(
+            job_id=job_id, event=event, actor=actor, from_status=current, to_status=to, details=details, at=now,
+            head=head, guards={"status": current, **(expect or {})}, updates=fields,
         )
-        transition_observed(job_id=job_id, event=event, actor=actor, from_status=current, to_status=to,
-                            details=details)
-        status_reached(job_ids=[job_id], status=to)
-    return current
+        if stamp is not None:
+            transition_observed(job_id=job_id, event=event, actor=actor, from_status=current, to_status=to,
+                                details=details)
+            status_reached(job_ids=[job_id], status=to)
+    return (current, stamp) if stamp is not None else None
+
+
+def job_create(*, job: Job, event: str, actor: str, details: dict[str, Any] | None = None) -> None:
+    """Insert a new job with its creation stamp (the transition from nothing to its first
+    status): two INSERTs in the caller's transaction."""
+    check_legal("", job.status)
+    job_insert(job=job, event=event, actor=actor, details=details)
+    creation_observed(job=job, event=event, actor=actor, details=details)
+    status_reached(job_ids=[job.id], status=job.status)
 
 
 def job_created_stamp(
     *, job: Job, event: str, actor: str, details: dict[str, Any] | None = None
 ) -> None:
-    """Stamp a job's creation (the transition from nothing to its first status)."""
+    """Stamp the creation of a job that was saved without its first stamp."""
     check_legal("", job.status)
-    stamp_append(
-        job_id=job.id,
-        event=event,
-        actor=actor,
-        from_status="",
-        to_status=job.status,
-        details=details,
-        at=job.created_at,
-        genesis=True,
-    )
+    job_first_stamp(job=job, event=event, actor=actor, details=details)
     creation_observed(job=job, event=event, actor=actor, details=details)
     status_reached(job_ids=[job.id], status=job.status)
 
@@ -145,9 +158,10 @@ def jobs_transition_bulk(
     ``allowed_from``: lock the matching rows (``SELECT … FOR UPDATE`` on PostgreSQL, in
     primary-key order so two bulk calls cannot deadlock; SQLite serialises writers), then one
     guarded ``UPDATE … WHERE id IN (…) AND status=<that status>``. The prior status is known
-    per group, so every job gets its own correct stamp, all written with one INSERT
-    (``stamps_append_bulk``) in the same transaction. A row another process moved meanwhile is
-    simply not in the group — the same "someone else got there first" rule.
+    per group, so every job gets its own correct stamp, all written with one ``COPY`` and the
+    chain heads (read with the lock) moved in bulk (``jobs.chain.jobs_stamp_bulk``) in the same
+    transaction. A row another process moved meanwhile is simply not in the group — the same
+    "someone else got there first" rule.
     """
     allowed = list(dict.fromkeys(allowed_from))
     for from_status in allowed:
@@ -159,24 +173,27 @@ def jobs_transition_bulk(
         fields.update(finished_at=now, lease_expires_at=None, dispatched_at=None)
     fields.update(updates or {})
     moved: dict[str, list[str]] = {}
-    seen: dict[str, tuple[str, str]] = {}
+    heads: dict[str, ChainHead] = {}
+    seen: dict[str, tuple[str, str]] = {}  # id -> (job type, trace id), for the log lines
     with transaction.atomic():
         for from_status in allowed:
             # of=self: a selection joined to other tables (e.g. by username) locks only jobs.
             locked = base.filter(status=from_status).order_by("pk").select_for_update(of=("self",))
-            ids, info = ids_of(locked.values_list("pk", "job_type", "trace_id"))
-            seen.update(info)
-            if not ids:
+            rows = list(locked.values_list("pk", "chain_seq", "chain_hash", "job_type", "trace_id"))
+            if not rows:
                 continue
+            ids = [r[0] for r in rows]
+            heads.update((r[0], ChainHead(r[1], r[2])) for r in rows)
+            seen.update((r[0], (r[3], r[4])) for r in rows)
             for start in range(0, len(ids), BULK_CHUNK):
                 Job.objects.filter(pk__in=ids[start:start + BULK_CHUNK], status=from_status).update(**fields)
             moved[from_status] = ids
-        stamps_append_bulk([
+        jobs_stamp_bulk([
             {"job_id": job_id, "event": event, "actor": actor, "from_status": prior, "to_status": to,
-             "details": details}
+             "details": details, "at": now}
             for prior, ids in moved.items()
             for job_id in ids
-        ])
+        ], heads=heads)
         bulk_observed(moved=moved, jobs=seen, to_status=to, event=event, actor=actor, details=details)
         status_reached(job_ids=[job_id for ids in moved.values() for job_id in ids], status=to)
     return moved

@@ -35,6 +35,13 @@ from tests.factories import JobFactory, claim
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def unclaimed_buffer_out_of_the_way(settings: Any) -> None:
+    """These tests pin the other admission limits (global in-flight cap, session caps, pauses,
+    rate limits); the unclaimed-buffer limit has tests of its own (test_dispatch_coalesce.py)."""
+    settings.JOBS_MAX_UNCLAIMED = 10_000
+
+
 def _submit(principal: Any, session: str, job_type: str = "demo.noop", **kw: Any) -> Job:
     inputs = kw.pop("inputs", {})
     return job_submit(principal=principal.user, spec=SubmitSpec(job_type=job_type, inputs=inputs,

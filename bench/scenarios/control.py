@@ -22,9 +22,9 @@ from datetime import timedelta
 from django.test import Client
 from django.utils import timezone
 
-from audit.services import stamps_append_bulk
 from bench.harness import Ctx, Row
 from bench.workload import wait_with_progress
+from jobs.chain import jobs_stamp_bulk
 from jobs.models import Job, JobRun, JobStatus
 from jobs.services.control import jobs_cancel
 from jobs.services.submit import SubmitSpec, job_submit
@@ -43,8 +43,8 @@ def _bulk_cancel(ctx: Ctx, n: int) -> float:
     jobs = [Job(session_id=session, principal=principal, job_type="demo.noop", scope="demo", run_after=later)
             for _ in range(n)]
     Job.objects.bulk_create(jobs, batch_size=1000)
-    stamps_append_bulk([{"job_id": j.id, "event": "submitted", "actor": "bench", "to_status": "queued"}
-                        for j in jobs])
+    jobs_stamp_bulk([{"job_id": j.id, "event": "submitted", "actor": "bench", "to_status": "queued"}
+                     for j in jobs], heads={})
     token, _ = Token.objects.get_or_create(user=principal)
     client = Client(HTTP_AUTHORIZATION=f"Token {token.key}")
     ctx.log(f"bulk cancel: {n} queued jobs inserted; cancelling in one call")

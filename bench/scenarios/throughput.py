@@ -9,6 +9,7 @@ governed: ``Job.finished_at``), so publishing and running overlap the same way o
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -97,13 +98,14 @@ def _governed(ctx: Ctx, n: int) -> Side:
         meter = CpuMeter({"worker": worker, "beat": beat}).start()
         sessions_before = db_sessions_total()
         t0 = time.time()
-        while side.sent < n and time.time() - t0 < budget:
-            submit(session_id=sessions[side.sent % len(sessions)], inputs={"i": side.sent})
-            side.sent += 1
-        side.publish_s = time.time() - t0
-        ctx.log(f"governed: submitted {side.sent} in {side.publish_s:.1f}s")
-        wait_with_progress(ctx, lambda: terminal_count(sessions), side.sent,
-                           timeout_s=max(1.0, budget - side.publish_s), interval_s=0.25)
+        with ctx.profiled("governed worker", worker.pid), ctx.profiled("governed submit", os.getpid(), children=False):
+            while side.sent < n and time.time() - t0 < budget:
+                submit(session_id=sessions[side.sent % len(sessions)], inputs={"i": side.sent})
+                side.sent += 1
+            side.publish_s = time.time() - t0
+            ctx.log(f"governed: submitted {side.sent} in {side.publish_s:.1f}s")
+            wait_with_progress(ctx, lambda: terminal_count(sessions), side.sent,
+                               timeout_s=max(1.0, budget - side.publish_s), interval_s=0.25)
         side.cpu = meter.stop()
         sessions_after = db_sessions_total()
     if sessions_before is not None and sessions_after is not None:

@@ -28,9 +28,10 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from audit.events import Event
-from audit.services import SYSTEM_ACTOR, stamps_append_bulk
+from audit.services import SYSTEM_ACTOR, ChainHead
 from common.errors import DomainError
 from jobs.admission.dispatcher import dispatch_soon
+from jobs.chain import jobs_stamp_bulk
 from jobs.hooks import approval_gate
 from jobs.models import ErrorClass, Job, JobRun, JobStatus, JobTypeControl, RunOutcome, SessionControl
 from jobs.transitions import job_transition, jobs_transition_bulk
@@ -84,20 +85,21 @@ def jobs_cancel(*, jobs: QuerySet[Job], actor: str, reason: str = "cancelled") -
         pending = result.cancelled.get(JobStatus.PENDING_APPROVAL, [])
         if pending:
             approval_gate().close_for_jobs(job_ids=pending, now=now)
-        running = list(
+        locked = list(
             jobs.filter(status=JobStatus.RUNNING, cancel_requested_at__isnull=True)
-            .order_by("pk").select_for_update(of=("self",)).values_list("pk", flat=True)
+            .order_by("pk").select_for_update(of=("self",)).values_list("pk", "chain_seq", "chain_hash")
         )
+        running = [row[0] for row in locked]
         if running:
             Job.objects.filter(pk__in=running, status=JobStatus.RUNNING).update(
                 cancel_requested_at=now, updated_at=now
             )
             details = {"reason": reason, "grace_s": settings.JOBS_CANCEL_GRACE_S}
-            stamps_append_bulk([
+            jobs_stamp_bulk([
                 {"job_id": job_id, "event": Event.CANCEL_REQUESTED, "actor": actor,
-                 "from_status": JobStatus.RUNNING, "to_status": JobStatus.RUNNING, "details": details}
+                 "from_status": JobStatus.RUNNING, "to_status": JobStatus.RUNNING, "details": details, "at": now}
                 for job_id in running
-            ])
+            ], heads={pk: ChainHead(seq, digest) for pk, seq, digest in locked})
         # Running jobs asked before (a repeated cancel) are still "cancelling".
         already = jobs.filter(status=JobStatus.RUNNING, cancel_requested_at__lt=now)
         result.cancelling = running + list(already.values_list("pk", flat=True))
@@ -149,7 +151,8 @@ def cancels_enforce(*, now: datetime | None = None, limit: int = 200) -> int:
     cutoff = now - timedelta(seconds=settings.JOBS_CANCEL_GRACE_S)
     rows = list(
         Job.objects.filter(status=JobStatus.RUNNING, cancel_requested_at__lte=cutoff)
-        .order_by("cancel_requested_at").values("id", "current_run_id", "cancel_requested_at")[:limit]
+        .order_by("cancel_requested_at")
+        .values("id", "current_run_id", "cancel_requested_at", "chain_seq", "chain_hash")[:limit]
     )
     forced = 0
     for row in rows:
@@ -165,6 +168,7 @@ def cancels_enforce(*, now: datetime | None = None, limit: int = 200) -> int:
                          "grace_s": settings.JOBS_CANCEL_GRACE_S},
                 updates={"reason": "cancelled", "error_class": ErrorClass.CANCELLED},
                 expect={"current_run_id": row["current_run_id"]},
+                head=ChainHead(row["chain_seq"], row["chain_hash"]),
             )
             if prior is None:
                 continue

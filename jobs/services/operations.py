@@ -15,10 +15,10 @@ from django.utils import timezone
 
 from audit.events import Event
 from audit.models import AuditStamp
-from audit.services import stamp_append
 from common.errors import DomainError
 from governance.selectors import missing_permissions, principal_grants
 from jobs.admission.dispatcher import dispatch_soon
+from jobs.chain import head_of, job_stamp
 from jobs.errors import UnknownJobType
 from jobs.models import Job, JobStatus
 from jobs.registry import JobType, registry
@@ -122,8 +122,8 @@ def job_rollback(*, job: Job, actor: Actor) -> dict[str, Any]:
             conversation_id=locked.conversation_id, principal=str(locked.principal_id), worker=label,
         )
         outcome = job_type.rollback(ctx, dict(locked.result or {})) or {}
-        stamp_append(job_id=job.pk, event=Event.ROLLED_BACK, actor=label,
-                     from_status=locked.status, to_status=locked.status,
-                     details={"rolled_back_by": label, "outcome": outcome,
-                              "tools_used": [c["name"] for c in ctx.tool_calls]})
+        job_stamp(job_id=job.pk, event=Event.ROLLED_BACK, actor=label, head=head_of(locked),
+                  from_status=locked.status, to_status=locked.status,
+                  details={"rolled_back_by": label, "outcome": outcome,
+                           "tools_used": [c["name"] for c in ctx.tool_calls]})
     return dict(outcome)

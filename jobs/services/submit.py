@@ -15,6 +15,7 @@ from audit.events import Event
 from audit.services import canonical_json
 from common.errors import DomainError
 from common.validation import check_identifier, check_json, check_run_after, out_of_range
+from governance.cache import governance_snapshot
 from governance.egress import callback_url_check
 from governance.models import Decision
 from governance.policy import PolicyDecision, policy_evaluate, redact_inputs
@@ -26,7 +27,7 @@ from jobs.errors import UnknownJobType
 from jobs.hooks import approval_gate, approval_open
 from jobs.models import Job, JobStatus, Stage, new_trace_id
 from jobs.registry import JobType, registry
-from jobs.transitions import job_created_stamp
+from jobs.transitions import job_create
 
 KNOWN_CONSTRAINTS = {"max_runtime_s", "requires_human_ack", "no_external_posting"}
 PRIORITY_RANGE = (-100, 100)
@@ -167,16 +168,19 @@ def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
     check_run_after(spec.run_after)
 
     public_inputs, secrets = split_secrets(spec.inputs, job_type.secret_fields)
+    # One read of the governance version; rules and grants come from its cache.
+    snapshot = governance_snapshot()
     decision = policy_evaluate(
         principal=principal, job_type=job_type.name, scope=job_type.scope, risk=job_type.risk,
-        ack=job_type.ack, has_commit=job_type.has_commit(), inputs=public_inputs,
+        ack=job_type.ack, has_commit=job_type.has_commit(), inputs=public_inputs, snapshot=snapshot,
     )
     if constraints.get("requires_human_ack") and decision.action in (Decision.ALLOW, Decision.REDACT):
         decision.action = Decision.REQUIRE_APPROVAL
         decision.approvers = max(1, decision.approvers)
         decision.checkpoint = checkpoint_for_ack(has_commit=job_type.has_commit())
         decision.path.append("constraint:requires_human_ack")
-    missing = missing_permissions(required=job_type.permissions, grants=principal_grants(principal=principal))
+    missing = missing_permissions(required=job_type.permissions,
+                                  grants=principal_grants(principal=principal, snapshot=snapshot))
 
     status, checkpoint = _initial_status(decision)
     reason = ""
@@ -233,9 +237,7 @@ def job_submit(*, principal: User, spec: SubmitSpec) -> SubmitResult:
         with transaction.atomic():
             if status == JobStatus.BLOCKED:
                 job.finished_at = job.created_at
-            job.save(force_insert=True)
-            job_created_stamp(job=job, event=event, actor=f"principal:{principal.get_username()}",
-                              details=details)
+            job_create(job=job, event=event, actor=f"principal:{principal.get_username()}", details=details)
             if status == JobStatus.PENDING_APPROVAL:
                 approval_open(job=job, checkpoint=checkpoint, approvers=decision.approvers)
             if status == JobStatus.QUEUED:

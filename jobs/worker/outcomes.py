@@ -22,15 +22,16 @@ from django.db.models import F
 from django.utils import timezone
 
 from audit.events import Event
-from audit.services import stamp_append
+from audit.services import ChainHead
 from governance.secrets import decrypt_secrets, secret_strings, secrets_scrub
 from jobs.admission.dispatcher import dispatch_soon
+from jobs.chain import head_of, job_stamp, stamp_orphan
 from jobs.hooks import approval_open
 from jobs.metrics import message_refused
 from jobs.models import ErrorClass, Job, JobRun, JobStatus, RunOutcome, Stage
 from jobs.registry import JobType
 from jobs.services.submit import next_stage_status
-from jobs.transitions import job_transition
+from jobs.transitions import job_transition_stamped
 from jobs.worker.context import JobContext
 
 logger = logging.getLogger(__name__)
@@ -53,14 +54,16 @@ def worker_actor(worker: str) -> str:
     return f"worker:{worker}"
 
 
-def refuse(*, job_id: str, reason: str, worker: str, details: dict[str, Any] | None = None) -> StageOutcome:
-    """Stamp a refused message. The job (if any) is not changed."""
-    stamp_append(
-        job_id=job_id,
-        event=Event.CLAIM_REFUSED,
-        actor=worker_actor(worker),
-        details={"reason": reason, "worker": worker, **(details or {})},
-    )
+def refuse(*, job_id: str, reason: str, worker: str, details: dict[str, Any] | None = None,
+           head: ChainHead | None = None, no_job: bool = False) -> StageOutcome:
+    """Stamp a refused message. The job (if any) is not changed, but its chain is: ``head`` is
+    the chain head read with the job; ``no_job`` when the id is known to name no job."""
+    stamp: dict[str, Any] = {"job_id": job_id, "event": Event.CLAIM_REFUSED, "actor": worker_actor(worker),
+                             "details": {"reason": reason, "worker": worker, **(details or {})}}
+    if no_job:
+        stamp_orphan(**stamp)
+    else:
+        job_stamp(**stamp, head=head)
     logger.warning("refused message for %s: %s", job_id, reason)
     message_refused(reason=reason)
     return StageOutcome(job_id, "refused", reason)
@@ -96,10 +99,14 @@ def _settle(
     ``then`` (in the same transaction) and a dispatch pass after commit.
     """
     with transaction.atomic():
-        prior = job_transition(
+        moved = job_transition_stamped(
             job_id=job.id, to=to, allowed_from=[JobStatus.RUNNING], event=event, actor=worker_actor(run.worker),
             details=details, updates={**_LEASE_RELEASED, **updates}, expect={"current_run_id": run.run_id},
+            head=head_of(job),
         )
+        prior = moved[0] if moved is not None else None
+        if moved is not None:
+            job.chain_seq, job.chain_hash = moved[1].seq, moved[1].hash
         JobRun.objects.filter(pk=run.pk).update(
             outcome=run_outcome if prior is not None else lost_outcome,
             finished_at=timezone.now(),

@@ -31,6 +31,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.events import Event
+from audit.services import ChainHead
 from jobs.admission.dispatcher import dispatch_soon
 from jobs.errors import UnknownJobType
 from jobs.models import ErrorClass, Job, JobRun, JobStatus, RunOutcome, Stage
@@ -64,7 +65,7 @@ def reap_expired_leases(*, limit: int = 200) -> dict[str, int]:
         Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now)
         .order_by("lease_expires_at")
         .values("id", "job_type", "stage", "attempts", "max_attempts", "claims", "current_run_id",
-                "max_runtime_s", "lease_owner", "heartbeat_at")[:limit]
+                "max_runtime_s", "lease_owner", "heartbeat_at", "chain_seq", "chain_hash")[:limit]
     )
     for row in expired:
         job_type: JobType | None
@@ -110,6 +111,7 @@ def reap_expired_leases(*, limit: int = 200) -> dict[str, int]:
                 updates=updates,
                 # A heartbeat that renewed the lease since the read above wins: not expired.
                 expect={"current_run_id": row["current_run_id"], "lease_expires_at__lt": now},
+                head=ChainHead(row["chain_seq"], row["chain_hash"]),
             )
             if prior is None:
                 continue

@@ -12,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 
+from governance.cache import GovernanceSnapshot, governance_snapshot
 from governance.models import Decision
 from governance.policy import policy_evaluate
 from governance.selectors import missing_permissions, principal_grants
@@ -38,13 +39,17 @@ def scope_allowed(scope: str, scopes: list[str] | None = None) -> bool:
     return "*" in allowed or scope in allowed
 
 
-def governance_recheck(*, job: Job, scopes: list[str] | None = None) -> Verdict:
+def governance_recheck(*, job: Job, scopes: list[str] | None = None,
+                       snapshot: GovernanceSnapshot | None = None) -> Verdict:
     """Re-check, inside the worker and before any handler runs, what submit checked.
 
     Steps: (1) the scope lock of this worker; (2) the job type still registered and its scope
     unchanged; (3) the principal still active and holding every required grant; (4) the current
     policy does not block the job (a rule changed to ``block`` after submit stops it).
+    Grants and rules come from ``snapshot`` — governance as of the version token the claim read
+    with the job (``governance.cache``): no query when nothing changed since the last job.
     """
+    snapshot = snapshot or governance_snapshot()
     if not scope_allowed(job.scope, scopes):
         return Verdict(False, f"scope {job.scope!r} not in this worker's scopes", "scope_lock",
                        {"worker_scopes": worker_scopes() if scopes is None else scopes})
@@ -58,7 +63,8 @@ def governance_recheck(*, job: Job, scopes: list[str] | None = None) -> Verdict:
     principal = job.principal
     if principal is None or not principal.is_active:
         return Verdict(False, "principal is inactive or gone", "policy_violation")
-    missing = missing_permissions(required=job.permissions, grants=principal_grants(principal=principal))
+    missing = missing_permissions(required=job.permissions,
+                                  grants=principal_grants(principal=principal, snapshot=snapshot))
     if missing:
         return Verdict(False, f"grants revoked: {', '.join(missing)}", "policy_violation",
                        {"missing_permissions": missing})
@@ -70,6 +76,7 @@ def governance_recheck(*, job: Job, scopes: list[str] | None = None) -> Verdict:
         ack=job_type.ack,
         has_commit=job_type.has_commit(),
         inputs=job.inputs,
+        snapshot=snapshot,
     )
     details = {"policy": decision.as_dict()}
     if decision.action == Decision.BLOCK:

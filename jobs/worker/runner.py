@@ -29,15 +29,16 @@ from django.db.models import F
 from django.utils import timezone
 
 from audit.events import Event
-from audit.services import stamp_append
+from governance.cache import governance_snapshot_at, token_subquery
 from governance.secrets import decrypt_secrets
+from jobs.chain import head_of, job_stamp
 from jobs.checkpoints import checkpoint_before
 from jobs.errors import JobCancelled, PermanentError, UnknownJobType
 from jobs.hooks import approval_gate
 from jobs.logcontext import bind_run
 from jobs.models import EffectRecord, ErrorClass, Job, JobRun, JobStatus, Stage, new_run_id
 from jobs.registry import JobType, registry
-from jobs.transitions import job_transition
+from jobs.transitions import job_transition, job_transition_stamped
 from jobs.worker.classify import classify_error
 from jobs.worker.context import JobContext, RunMonitor
 from jobs.worker.outcomes import (
@@ -60,16 +61,27 @@ STAGES = {Stage.INTAKE.value, Stage.EXECUTE.value, Stage.FINALIZE.value}
 def job_claim(
     *, job_id: str, stage: str, token: str, worker: str, celery_task_id: str = ""
 ) -> tuple[Job, JobRun] | StageOutcome:
-    job = Job.objects.select_related("principal").filter(pk=job_id).first()
+    """Claim the job for this message in one transaction: read it (with the governance version,
+    so the re-check needs no read of its own), refuse what may not run, else the guarded
+    queued → running with its stamp, and the run's row."""
+    with transaction.atomic():
+        return _claim(job_id=job_id, stage=stage, token=token, worker=worker, celery_task_id=celery_task_id)
+
+
+def _claim(
+    *, job_id: str, stage: str, token: str, worker: str, celery_task_id: str
+) -> tuple[Job, JobRun] | StageOutcome:
+    job = Job.objects.select_related("principal").annotate(governance_token=token_subquery()).filter(pk=job_id).first()
     if job is None:
-        return refuse(job_id=job_id, reason="unknown_job", worker=worker)
+        return refuse(job_id=job_id, reason="unknown_job", worker=worker, no_job=True)
+    head = head_of(job)
     if job.status != JobStatus.QUEUED:
-        return refuse(job_id=job_id, reason=f"not_claimable:{job.status}", worker=worker)
+        return refuse(job_id=job_id, reason=f"not_claimable:{job.status}", worker=worker, head=head)
     if job.stage != stage:
-        return refuse(job_id=job_id, reason="stage_mismatch", worker=worker,
+        return refuse(job_id=job_id, reason="stage_mismatch", worker=worker, head=head,
                       details={"message_stage": stage, "job_stage": job.stage})
     if not token or token != job.dispatch_token:
-        return refuse(job_id=job_id, reason="dispatch_token_mismatch", worker=worker)
+        return refuse(job_id=job_id, reason="dispatch_token_mismatch", worker=worker, head=head)
     if job.claims >= settings.JOBS_MAX_CLAIMS_PER_STAGE:
         job_transition(
             job_id=job_id, to=JobStatus.DEAD_LETTERED, allowed_from=[JobStatus.QUEUED],
@@ -77,19 +89,21 @@ def job_claim(
             details={"error_class": ErrorClass.POISON, "claims": job.claims, "stage": stage},
             updates={"error_class": ErrorClass.POISON, "reason": "poison",
                      "error": f"stage {stage} claimed {job.claims} times without finishing"},
+            head=head,
         )
         return StageOutcome(job_id, "dead_lettered", "poison")
     now = timezone.now()
     # The first claim takes the run id answered at submit; every later one gets a fresh one.
     run_id = job.first_run_id if job.first_run_id and not job.current_run_id else new_run_id()
-    with transaction.atomic():
-        prior = job_transition(
+    with transaction.atomic(savepoint=False):
+        moved = job_transition_stamped(
             job_id=job_id,
             to=JobStatus.RUNNING,
             allowed_from=[JobStatus.QUEUED],
             event=Event.CLAIMED,
             actor=worker_actor(worker),
-            details={"run_id": run_id, "stage": stage, "attempt": job.attempts + 1, "worker": worker},
+            details={"run_id": run_id, "stage": stage, "attempt": job.attempts + 1, "worker": worker,
+                     "trace_id": job.trace_id},
             updates={
                 "current_run_id": run_id,
                 "lease_owner": worker,
@@ -104,8 +118,9 @@ def job_claim(
                 "progress_message": "",
             },
             expect={"stage": stage, "dispatch_token": token},
+            head=head,
         )
-        if prior is None:
+        if moved is None:
             return refuse(job_id=job_id, reason="lost_race", worker=worker)
         run = JobRun.objects.create(
             run_id=run_id,
@@ -118,6 +133,7 @@ def job_claim(
             model_version=settings.JOBS_MODEL_VERSION,
         )
     # Mirror the UPDATE locally instead of re-reading the row (one query less per stage).
+    job.chain_seq, job.chain_hash = moved[1].seq, moved[1].hash
     job.status = JobStatus.RUNNING
     job.current_run_id = run_id
     job.lease_owner = worker
@@ -165,8 +181,9 @@ def _commit_through_ledger(job_type: JobType, job: Job, ctx: JobContext) -> dict
     key = job_type.effect_key(ctx, proposal)
     recorded = EffectRecord.objects.filter(job_type=job.job_type, effect_key=key).first()
     if recorded is not None:
-        stamp_append(job_id=job.id, event=Event.EFFECT_REPLAYED, actor=worker_actor(ctx.worker),
-                     details={"effect_key": key, "run_id": ctx.run_id})
+        stamp = job_stamp(job_id=job.id, event=Event.EFFECT_REPLAYED, actor=worker_actor(ctx.worker),
+                          details={"effect_key": key, "run_id": ctx.run_id}, head=head_of(job))
+        job.chain_seq, job.chain_hash = stamp.seq, stamp.hash
         return dict(recorded.result)
     try:
         with transaction.atomic():
@@ -208,7 +225,7 @@ def stage_run(*, job_id: Any, stage: Any, token: Any, worker: str, celery_task_i
     )
 
     # 3. governance re-check
-    verdict = governance_recheck(job=job)
+    verdict = governance_recheck(job=job, snapshot=governance_snapshot_at(getattr(job, "governance_token", None)))
     if not verdict.ok:
         if verdict.kind == "scope_lock":
             return release_for_scope(job, run, worker=worker, reason=verdict.reason)

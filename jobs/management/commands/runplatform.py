@@ -165,6 +165,8 @@ class Command(BaseCommand):
             # The Django LOGGING root level; Flower and the stage runner log through it.
             "LOG_LEVEL": options["log_level"],
         })
+        # The dispatcher sizes its unclaimed buffer on the pool it feeds (JOBS_MAX_UNCLAIMED).
+        child_env.setdefault("JOBS_WORKER_CONCURRENCY", str(options["concurrency"]))
 
         # 2. the broker: the configured one, or the embedded Redis started first as a child.
         broker_specs: list[ChildSpec] = []
