@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 
 from approvals.admin_stats import can_see_stats
 from approvals.analytics import approval_stats
+from jobs.api.schema import error_responses
 
 
 class IsStaffOrApprover(BasePermission):
@@ -78,7 +79,7 @@ class ApprovalStatsView(APIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("since", str, description="ISO 8601 start of the window (default 7 days ago)")],
-        responses=ApprovalStatsSerializer,
+        responses={200: ApprovalStatsSerializer, **error_responses(403)},
         description="Time to decision p50/p90 by risk and scope, approve/deny/expire rates, requests pending "
                     "past APPROVAL_SLA_S, load per reviewer and the modified-input rate.",
     )

@@ -34,6 +34,24 @@ _CODES: dict[type[Exception], str] = {
 }
 
 
+def flat_errors(data: Any, prefix: str = "") -> dict[str, list[str]]:
+    """DRF's validation errors as the documented ``{field: [messages]}``: nested fields and list
+    items become dotted keys (``rules.0``, ``inputs.key``); a bare list belongs to ``prefix``."""
+    out: dict[str, list[str]] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(flat_errors(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(data, list) and all(isinstance(v, (str, exceptions.ErrorDetail)) for v in data):
+        out.setdefault(prefix or "non_field_errors", []).extend(str(v) for v in data)
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            if value:
+                out.update(flat_errors(value, f"{prefix}.{index}" if prefix else str(index)))
+    else:
+        out.setdefault(prefix or "non_field_errors", []).append(str(data))
+    return out
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, RequestDataTooBig):
         return Response(
@@ -56,7 +74,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     code = next((c for t, c in _CODES.items() if isinstance(exc, t)), "error")
     data = response.data
     if isinstance(exc, exceptions.ValidationError):
-        response.data = {"code": code, "detail": "Invalid request.", "errors": data}
+        response.data = {"code": code, "detail": "Invalid request.", "errors": flat_errors(data)}
     else:
         detail = data.get("detail", data) if isinstance(data, dict) else data
         response.data = {"code": code, "detail": str(detail)}

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from governance.simulate import DRAFT_FIELDS, MAX_DRAFT_RULES, draft_rules_validate
+from jobs.api.schema import error_responses
 from jobs.api.views import json_object_body
 from jobs.services.policy_whatif import policy_simulate
 
@@ -42,12 +43,6 @@ class PolicySimulateResponseSerializer(serializers.Serializer):
     draft_rules = serializers.ListField(child=serializers.DictField())
 
 
-class PolicySimulateErrorSerializer(serializers.Serializer):
-    code = serializers.CharField()
-    detail = serializers.CharField()
-    errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))  # type: ignore[assignment]
-
-
 class PolicySimulateView(APIView):
     """Staff only: anyone else gets ``403 permission_denied``. Reads only; nothing is written."""
 
@@ -55,7 +50,7 @@ class PolicySimulateView(APIView):
 
     @extend_schema(
         request=PolicySimulateSerializer,
-        responses={200: PolicySimulateResponseSerializer, 400: PolicySimulateErrorSerializer},
+        responses={200: PolicySimulateResponseSerializer, **error_responses(403)},
         examples=[OpenApiExample(
             "block a job type",
             request_only=True,

@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from common.errors import DomainError
+from jobs.api.schema import error_responses
 from jobs.api.views import json_object_body
 from jobs.services.retention import retention_run
 
@@ -29,7 +30,7 @@ class JobsCleanupView(APIView):
     @extend_schema(
         operation_id="jobs_cleanup",
         request=CleanupSerializer,
-        responses=inline_serializer("CleanupReport", {
+        responses={**error_responses(403), 200: inline_serializer("CleanupReport", {
             "would_delete": serializers.IntegerField(required=False, help_text="dry run: jobs that would go"),
             "deleted": serializers.IntegerField(required=False, help_text="jobs deleted"),
             "dry_run": serializers.BooleanField(),
@@ -37,7 +38,7 @@ class JobsCleanupView(APIView):
             "chains": serializers.IntegerField(),
             "stamps": serializers.IntegerField(),
             "task_results": serializers.IntegerField(),
-        }),
+        })},
     )
     def post(self, request: Request) -> Response:
         if not request.user.is_staff:
