@@ -178,3 +178,15 @@ def sessions_active(*, recent_s: float = 24 * 3600, limit: int = 200) -> list[tu
         if key not in keys:
             keys.append(key)
     return [(int(p), str(s)) for p, s in keys]
+
+
+# --- what waiting requests watch ----------------------------------------------------------------
+
+# A job's state as event streams and waits see it: any change of these wakes them.
+LIVE_FIELDS = ("status", "updated_at", "progress_pct", "progress_message")
+
+
+def jobs_live_state(*, job_ids: list[str]) -> dict[str, tuple[Any, ...]]:
+    """``LIVE_FIELDS`` of each existing job in ``job_ids``, in one query."""
+    rows = Job.objects.filter(pk__in=job_ids).values_list("pk", *LIVE_FIELDS)
+    return {row[0]: tuple(row[1:]) for row in rows}

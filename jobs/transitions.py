@@ -4,7 +4,8 @@
 ``allowed_from``, then runs ``UPDATE … WHERE id=… AND status=<what it read>``. If another
 process changed the row in between, the UPDATE matches nothing and the call is a no-op that
 returns None — "someone else got there first" — never a double execution. The audit stamp is
-written in the same transaction, so the trail can never disagree with the data.
+written in the same transaction, so the trail can never disagree with the data, and a wake-up
+for requests waiting on the job (``jobs.wakeups``) goes out after that transaction commits.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from django.utils import timezone
 
 from audit.services import SYSTEM_ACTOR, stamp_append, stamps_append_bulk
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus
+from jobs.wakeups import jobs_changed
 
 S = JobStatus
 
@@ -95,6 +97,7 @@ def job_transition(
             details=details,
             at=now,
         )
+        jobs_changed([job_id])
     return current
 
 
@@ -165,4 +168,5 @@ def jobs_transition_bulk(
             for prior, ids in moved.items()
             for job_id in ids
         ])
+        jobs_changed(job_id for ids in moved.values() for job_id in ids)
     return moved
