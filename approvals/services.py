@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from approvals.models import ApprovalDecision, ApprovalRequest, ApprovalStatus
 from audit.events import Event
-from audit.services import stamp_append
+from audit.services import stamp_append, stamps_append_bulk
 from common.errors import DomainError
 from governance.models import Checkpoint, Decision
 from governance.policy import policy_evaluate, redact_inputs
@@ -66,6 +66,33 @@ def approval_request_open(
         return ApprovalRequest.objects.filter(
             job=job, checkpoint=checkpoint, status=ApprovalStatus.PENDING
         ).first()
+
+
+def approval_requests_open_bulk(*, items: list[tuple[Job, str, int]]) -> list[ApprovalRequest]:
+    """Open the pending requests of many new jobs (``(job, checkpoint, approvers)``) at once.
+
+    For batch submit, through :func:`jobs.hooks.approvals_open_bulk`: the jobs were just inserted
+    ``pending_approval`` in the caller's transaction, so none has a request yet. One INSERT of
+    requests and one of their ``approval_requested`` stamps, the same rows and stamps
+    :func:`approval_request_open` writes one by one.
+    """
+    if not items:
+        return []
+    now = timezone.now()
+    expires = now + timedelta(seconds=settings.APPROVAL_TTL_S)
+    requests = ApprovalRequest.objects.bulk_create([
+        ApprovalRequest(job=job, checkpoint=checkpoint, risk=job.risk, required_approvals=max(1, approvers),
+                        approver_permission=f"approve:{job.scope}", expires_at=expires, created_at=now)
+        for job, checkpoint, approvers in items
+    ])
+    stamps_append_bulk([
+        {"job_id": request.job_id, "event": Event.APPROVAL_REQUESTED, "details": {
+            "approval_id": request.pk, "checkpoint": request.checkpoint,
+            "required_approvals": request.required_approvals, "approver_permission": request.approver_permission,
+        }}
+        for request in requests
+    ])
+    return requests
 
 
 # --- deciding ---------------------------------------------------------------------------------

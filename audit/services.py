@@ -150,6 +150,42 @@ def stamps_append_bulk(entries: list[dict[str, Any]]) -> int:
     return len(rows)
 
 
+def stamps_append_genesis_bulk(entries: list[dict[str, Any]]) -> int:
+    """Write the first stamp (seq 1) of many new chains in one statement (batch submit).
+
+    The bulk twin of ``stamp_append(genesis=True)``: each entry has its keyword arguments
+    (``job_id``, ``event``, ``actor``, ``from_status``, ``to_status``, ``details``, ``at``); every
+    id was created in the caller's uncommitted transaction, so there is no head to read. Rows
+    go straight to COPY on PostgreSQL (no model instance per stamp).
+    """
+    rows: list[tuple[dict[str, Any], str, str]] = []
+    for e in entries:
+        text = canonical_json(e.get("details") or {})
+        fields = {
+            "job_id": e["job_id"],
+            "seq": 1,
+            "created_at": e.get("at") or timezone.now(),
+            "actor": e.get("actor", SYSTEM_ACTOR),
+            "event": e["event"],
+            "from_status": e.get("from_status", ""),
+            "to_status": e.get("to_status", ""),
+            "details": json.loads(text),
+            "prev_hash": "",
+        }
+        rows.append((fields, text, stamp_hash(**fields)))
+    connection = transaction.get_connection()
+    if connection.vendor != "postgresql":
+        AuditStamp.objects.bulk_create([AuditStamp(**f, hash=digest) for f, _, digest in rows], batch_size=1000)
+        return len(rows)
+    table = connection.ops.quote_name(AuditStamp._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(c) for c in _STAMP_COLUMNS)
+    with connection.cursor() as cursor, cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+        for f, text, digest in rows:
+            copy.write_row((f["job_id"], 1, f["created_at"], f["actor"], f["event"], f["from_status"],
+                            f["to_status"], text, "", digest))
+    return len(rows)
+
+
 _STAMP_COLUMNS = ("job_id", "seq", "created_at", "actor", "event", "from_status", "to_status", "details",
                   "prev_hash", "hash")
 

@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
 from django.utils import timezone
 
 from jobs.hooks import approval_gate
@@ -190,3 +190,12 @@ def jobs_live_state(*, job_ids: list[str]) -> dict[str, tuple[Any, ...]]:
     """``LIVE_FIELDS`` of each existing job in ``job_ids``, in one query."""
     rows = Job.objects.filter(pk__in=job_ids).values_list("pk", *LIVE_FIELDS)
     return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def principal_sessions(*, principal_id: int, limit: int = 100) -> list[str]:
+    """The principal's session ids, most recently used first."""
+    rows = (
+        Job.objects.filter(principal_id=principal_id).values("session_id")
+        .annotate(last=Max("created_at")).order_by("-last", "session_id")[:limit]
+    )
+    return [row["session_id"] for row in rows]

@@ -171,6 +171,52 @@ def wait_for_worker(proc: Proc, hostname: str, broker_url: str | None, timeout: 
     raise RuntimeError(f"worker {proc.name} not ready in {timeout}s:\n{proc.log()[-4000:]}")
 
 
+@dataclass
+class WebServer:
+    """The ASGI web tier (``uvicorn config.asgi:application``) on a spare loopback port."""
+
+    proc: Proc
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.stop(timeout=10)
+
+
+def start_web(*, env: dict[str, str] | None = None, workers: int = 1, ready_timeout: float = 60.0) -> WebServer:
+    """Start the web server the platform runs, on the test database and broker; wait until it
+    answers HTTP (an unauthenticated API request answers 401)."""
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    proc = _spawn(
+        "web",
+        [PYTHON, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers), "--lifespan", "off", "--log-level", "warning", "--no-access-log",
+         "--timeout-graceful-shutdown", "3"],
+        child_env(**{"LOG_LEVEL": "WARNING", **(env or {})}),
+    )
+    server = WebServer(proc, port)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"web server exited:\n{proc.log()[-4000:]}")
+        try:
+            urllib.request.urlopen(f"{server.url}/api/v1/me", timeout=1)
+        except urllib.error.HTTPError:
+            return server  # it answered (401)
+        except OSError:
+            time.sleep(0.1)
+            continue
+        return server
+    proc.stop()
+    raise RuntimeError(f"web server not ready in {ready_timeout}s:\n{proc.log()[-4000:]}")
+
+
 def start_beat(*, env: dict[str, str] | None = None, broker_url: str | None = None) -> Proc:
     """``celery beat`` with a throwaway file scheduler (the test database is flushed between
     tests, which the database scheduler would not expect); the schedule is the same

@@ -1,11 +1,12 @@
 from django.urls import path
 
-from jobs.api import control, live, operations, views
+from jobs.api import batch, control, live, me, operations, views
 
 urlpatterns = [
     path("jobs", live.jobs_collection, name="job-list"),
-    # Before jobs/<str:job_id>, which would take "cancel" for a job id.
+    # Before jobs/<str:job_id>, which would take "cancel" or "batch" for a job id.
     path("jobs/cancel", control.JobBulkCancelView.as_view(), name="job-bulk-cancel"),
+    path("jobs/batch", batch.JobBatchView.as_view(), name="job-batch"),
     path("jobs/<str:job_id>", live.job_detail, name="job-detail"),
     path("jobs/<str:job_id>/cancel", control.JobCancelView.as_view(), name="job-cancel"),
     path("jobs/<str:job_id>/audit", views.JobAuditView.as_view(), name="job-audit"),
@@ -14,4 +15,5 @@ urlpatterns = [
     path("sessions/<str:session_id>", control.SessionDetailView.as_view(), name="session-detail"),
     path("sessions/<str:session_id>/pause", control.SessionPauseView.as_view(), name="session-pause"),
     path("sessions/<str:session_id>/resume", control.SessionResumeView.as_view(), name="session-resume"),
+    path("me", me.MeView.as_view(), name="me"),
 ]

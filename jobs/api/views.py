@@ -21,6 +21,7 @@ from jobs.api.serializers import (
     JobListSerializer,
     JobRunSerializer,
     JobSerializer,
+    JobUrls,
     SubmitResponseSerializer,
     SubmitSerializer,
     submit_body,
@@ -112,9 +113,9 @@ def submit_spec(data: dict[str, Any]) -> SubmitSpec:
     )
 
 
-def submit_answer(result: SubmitResult, request: Any) -> tuple[int, dict[str, Any]]:
+def submit_answer(result: SubmitResult, request: Any, urls: JobUrls | None = None) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) of a submit: 202 created, 200 idempotent replay, 403 blocked."""
-    body = submit_body(result.job, request)
+    body = submit_body(result.job, request, urls)
     if result.blocked:
         missing = result.job.reason.startswith("missing permissions")
         body["code"] = "permission_denied" if missing else "policy_blocked"
