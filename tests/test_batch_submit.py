@@ -143,7 +143,8 @@ def test_too_many_items_or_no_list_is_400(api: APIClient, settings: Any) -> None
     settings.JOBS_BATCH_MAX = 5
     over = api.post("/api/v1/jobs/batch", {"jobs": _noops(6)}, format="json")
     assert over.status_code == 400 and over.json()["code"] == "invalid_request"
-    for body in ({"jobs": []}, {"jobs": "x"}, {}, [1]):
+    bodies: list[Any] = [{"jobs": []}, {"jobs": "x"}, {}, [1]]
+    for body in bodies:
         response = api.post("/api/v1/jobs/batch", body, format="json")
         assert response.status_code == 400 and response.json()["code"] == "invalid_request", body
     assert Job.objects.count() == 0
