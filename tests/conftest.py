@@ -149,7 +149,11 @@ def web_process(django_db_setup: None) -> Iterator[harness.WebServer]:
     """The ASGI web server (uvicorn, as ``runplatform`` runs it) on the test database, for the session."""
     if _service_problem:
         pytest.skip(_service_problem)
-    server = harness.start_web()
+    # A long re-check period: a wait or stream that ends quickly was woken by a notification.
+    server = harness.start_web(env={
+        "API_LIVE_RECHECK_S": "30",
+        "DATABASE_URL": f"{harness.database_url()}?application_name={harness.WEB_APPLICATION_NAME}",
+    })
     try:
         yield server
     finally:

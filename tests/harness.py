@@ -171,6 +171,10 @@ def wait_for_worker(proc: Proc, hostname: str, broker_url: str | None, timeout: 
     raise RuntimeError(f"worker {proc.name} not ready in {timeout}s:\n{proc.log()[-4000:]}")
 
 
+# The web server's database connections carry this name (pg_stat_activity.application_name).
+WEB_APPLICATION_NAME = "jp-test-web"
+
+
 @dataclass
 class WebServer:
     """The ASGI web tier (``uvicorn config.asgi:application``) on a spare loopback port."""
