@@ -53,6 +53,25 @@ def stamp_hash(
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
+def _stamp_hash_of_text(
+    *, job_id: str, seq: int, created_at: datetime, actor: str, event: str, from_status: str, to_status: str,
+    details_text: str, prev_hash: str,
+) -> str:
+    """:func:`stamp_hash` for details already in canonical form (``canonical_json(details)``),
+    without serializing them again: the same body, its keys in the same sorted order."""
+
+    def text(value: str) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    created = created_at.astimezone(UTC).isoformat(timespec="microseconds")
+    body = (
+        f'{{"actor":{text(actor)},"created_at":{text(created)},"details":{details_text},"event":{text(event)},'
+        f'"from":{text(from_status)},"job_id":{text(job_id)},"prev":{text(prev_hash)},"seq":{int(seq)},'
+        f'"to":{text(to_status)}}}'
+    )
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
 def stamp_append(
     *,
     job_id: str,
@@ -160,7 +179,6 @@ def stamps_append_genesis_bulk(entries: list[dict[str, Any]]) -> int:
     """
     rows: list[tuple[dict[str, Any], str, str]] = []
     for e in entries:
-        text = canonical_json(e.get("details") or {})
         fields = {
             "job_id": e["job_id"],
             "seq": 1,
@@ -169,13 +187,15 @@ def stamps_append_genesis_bulk(entries: list[dict[str, Any]]) -> int:
             "event": e["event"],
             "from_status": e.get("from_status", ""),
             "to_status": e.get("to_status", ""),
-            "details": json.loads(text),
             "prev_hash": "",
         }
-        rows.append((fields, text, stamp_hash(**fields)))
+        # What stamp_append stores and hashes: the details in canonical form.
+        text = canonical_json(e.get("details") or {})
+        rows.append((fields, text, _stamp_hash_of_text(**fields, details_text=text)))
     connection = transaction.get_connection()
     if connection.vendor != "postgresql":
-        AuditStamp.objects.bulk_create([AuditStamp(**f, hash=digest) for f, _, digest in rows], batch_size=1000)
+        AuditStamp.objects.bulk_create(
+            [AuditStamp(**f, details=json.loads(text), hash=digest) for f, text, digest in rows], batch_size=1000)
         return len(rows)
     table = connection.ops.quote_name(AuditStamp._meta.db_table)
     columns = ", ".join(connection.ops.quote_name(c) for c in _STAMP_COLUMNS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ from rest_framework.test import APIClient
 from approvals.models import ApprovalRequest
 from audit.models import AuditStamp
 from audit.selectors import audit_verify
+from audit.services import _stamp_hash_of_text, canonical_json, stamp_hash
 from jobs.hooks import approval_opening
 from jobs.models import Job, JobStatus
 from jobs.services.batch import jobs_submit_batch
@@ -207,3 +209,18 @@ def test_batch_over_http_runs_the_good_items(web: harness.WebServer, demo_princi
     assert Job.objects.get(pk=results[9]["job_id"]).status == JobStatus.PENDING_APPROVAL
     assert Job.objects.get(pk=results[5]["job_id"]).status == JobStatus.BLOCKED
     assert Job.objects.filter(session_id="s-mix").count() == 4
+
+
+@pytest.mark.parametrize("details", [
+    {},
+    {"policy": {"action": "allow", "path": ["default:risk=low:allow"], "rule_id": None, "approvers": 0},
+     "note": "naïve — ünïcode ✓", "n": 1.5, "flag": True, "nested": [{"b": 2, "a": [1, "x"]}]},
+    {"quote": 'he said "hi"\n', "tab": "\t", "big": 10**20, "neg": -0.1, "emoji": "\U0001f600"},
+])
+def test_bulk_genesis_hash_equals_the_single_stamp_hash(details: dict[str, Any]) -> None:
+    # the bulk path hashes details already serialized; the hash must be stamp_hash's, exactly
+    fields: dict[str, Any] = {
+        "job_id": "job_x", "seq": 1, "created_at": datetime(2026, 1, 2, 3, 4, 5, 6789, tzinfo=UTC),
+        "actor": "principal:ä", "event": "submitted", "from_status": "", "to_status": "queued", "prev_hash": ""}
+    text = canonical_json(details)
+    assert _stamp_hash_of_text(**fields, details_text=text) == stamp_hash(**fields, details=json.loads(text))

@@ -129,6 +129,13 @@ def _initial_status(decision: dict[str, Any]) -> tuple[str, str]:
     return JobStatus.QUEUED, ""
 
 
+def _new_job(**values: Any) -> Job:
+    """``Job(**values)`` (attribute names; the rest take their defaults), built positionally:
+    Model.__init__'s keyword path costs three times as much, and a batch builds a thousand."""
+    positional: Any = [values[f.attname] if f.attname in values else f.get_default() for f in Job._meta.concrete_fields]
+    return Job(*positional)
+
+
 class SubmitContext:
     """What every submit of one principal reads from the database once: its grants and the
     policy rules. A batch shares one context across its items; each is read on first use, so an
@@ -214,12 +221,12 @@ def submit_prepare(
         public_inputs, redacted = redact_inputs(public_inputs, decision.redact_fields)
 
     max_runtime = int(constraints.get("max_runtime_s", job_type.max_runtime_s))
-    job = Job(
+    job = _new_job(
         trace_id=spec.trace_id or new_trace_id(),
         correlation_id=spec.correlation_id,
         conversation_id=spec.conversation_id,
         session_id=spec.session_id,
-        principal=principal,
+        principal_id=principal.pk,
         job_type=job_type.name,
         scope=job_type.scope,
         permissions=list(job_type.permissions),
@@ -242,6 +249,7 @@ def submit_prepare(
         reason=reason,
         error_class="policy_violation" if status == JobStatus.BLOCKED else "",
     )
+    job.principal = principal
     if status == JobStatus.BLOCKED:
         job.finished_at = job.created_at
     details: dict[str, Any] = {
