@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -60,9 +61,7 @@ def _stamp_hash_of_text(
     """:func:`stamp_hash` for details already in canonical form (``canonical_json(details)``),
     without serializing them again: the same body, its keys in the same sorted order."""
 
-    def text(value: str) -> str:
-        return json.dumps(value, ensure_ascii=False)
-
+    text = encode_basestring  # json.dumps(value, ensure_ascii=False) for a str, without the machinery
     created = created_at.astimezone(UTC).isoformat(timespec="microseconds")
     body = (
         f'{{"actor":{text(actor)},"created_at":{text(created)},"details":{details_text},"event":{text(event)},'

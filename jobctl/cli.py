@@ -84,12 +84,12 @@ class Cli:
 
     def job_summary(self, job: dict[str, Any]) -> str:
         lines = [f"{job['job_id']}  {job.get('job_type', '')}  {job.get('status')}".replace("    ", "  ")]
-        if job.get("progress"):
-            lines.append(f"  progress  {job['progress']['pct']:.0f}%  {job['progress']['message']}")
+        if job.get("progress") and not is_terminal(job):
+            lines.append(f"  {'progress':<11} {job['progress']['pct']:.0f}%  {job['progress']['message']}".rstrip())
         for key in ("result", "error", "error_class", "reason"):
             if job.get(key) not in (None, "", {}):
                 value = job[key] if isinstance(job[key], str) else json.dumps(job[key], default=str)
-                lines.append(f"  {key:<9} {value}")
+                lines.append(f"  {key:<11} {value}")
         return "\n".join(lines)
 
     def status_of(self, job: dict[str, Any]) -> int:
@@ -220,7 +220,8 @@ class Cli:
         results = self.client.batch(jobs)
         accepted = sum(1 for r in results if r["code"] in (200, 202))
         self.out(results, "\n".join(
-            f"{r['index']:>5}  {r['code']}  {r.get('job_id', '')}  {r.get('status') or r.get('error', '')}"
+            f"{r['index']:>5}  {r['code']}  {r['job_id']}  {r['status']}" if r.get("job_id") and not r.get("error")
+            else f"{r['index']:>5}  {r['code']}  {r.get('error')}: {r.get('detail', '')}"
             for r in results) + f"\n{accepted} of {len(results)} accepted")
         return EXIT_OK if accepted == len(results) else EXIT_REFUSED
 

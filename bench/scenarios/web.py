@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from bench.harness import Ctx, ManagedProcess, Row, percentile
+from bench.harness import CpuMeter, Ctx, ManagedProcess, Row, percentile
 from governance.services import principal_ensure
 
 ORDER = 80
@@ -179,6 +179,17 @@ class Streams:
         self.ended += 1
 
 
+def _cpu_note(cpu: dict[str, float], jobs: int) -> str:
+    """CPU per job of the web server and the database (less sensitive to other load than the
+    rate), and the rate those alone would allow on this machine's CPUs."""
+    server = cpu.get("web", 0.0) + cpu.get("other backends", 0.0) + cpu.get("bench backend", 0.0)
+    per_job_ms = 1000.0 * server / jobs if jobs else 0.0
+    cpus = os.cpu_count() or 1
+    capacity = f", i.e. {1000.0 * cpus / per_job_ms:,.0f} jobs/s on {cpus} CPUs" if per_job_ms else ""
+    return (f"CPU per job: web server + PostgreSQL {per_job_ms:.3f} ms{capacity}; "
+            f"the bench's own client {1000.0 * cpu.get('bench process', 0.0) / max(jobs, 1):.3f} ms")
+
+
 def _threads(proc: ManagedProcess) -> int:
     """Threads of the web server's processes (the uvicorn supervisor and its workers)."""
     total = 0
@@ -218,17 +229,23 @@ def run(ctx: Ctx) -> list[Row]:
         ctx.log("warm-up")
         _submit_rate(url, token, 40)
         ctx.log(f"REST single submit: {n_submits} jobs, 4 client threads")
+        meter = CpuMeter({"web": web}).start()
         rest_rate = _submit_rate(url, token, n_submits)
+        rest_cpu = meter.stop()
+        ctx.extra["rest_cpu_s"] = rest_cpu
         rows.append(Row("REST submit over a socket, 4 client threads", governed=rest_rate, bare=None,
-                        unit="jobs/s"))
+                        unit="jobs/s", note=_cpu_note(rest_cpu, n_submits)))
         ctx.purge()
         ctx.log(f"batch submit: {batches} x {BATCH} jobs, 2 client threads")
+        meter = CpuMeter({"web": web}).start()
         batch_rate, durations = _batch_rate(url, token, batches)
-        ctx.extra["batch_request_s"] = [round(d, 3) for d in durations]
+        batch_cpu = meter.stop()
+        ctx.extra.update(batch_request_s=[round(d, 3) for d in durations], batch_cpu_s=batch_cpu)
         rows.append(Row(f"batch submit, {BATCH:,} per request, 2 client threads", governed=batch_rate, bare=None,
                         unit="jobs/s", target=f">= {TARGET_BATCH_RATE:,.0f} jobs/s",
                         met=batch_rate >= TARGET_BATCH_RATE,
-                        note=f"one {BATCH:,}-job request took {percentile(durations, 50) or 0:.3f} s (median)"))
+                        note=f"one {BATCH:,}-job request took {percentile(durations, 50) or 0:.3f} s (median); "
+                             + _cpu_note(batch_cpu, batches * BATCH)))
         ctx.purge()
         with _client(url, lister) as client:
             client.post("/api/v1/jobs/batch", content=_batch_body(50, "lister"),
