@@ -24,6 +24,8 @@ from functools import partial
 
 import redis
 from django.conf import settings
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from django.db import transaction
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,8 @@ QUIET_AFTER_FAILURE_S = 5.0
 
 _lock = threading.Lock()
 _client: redis.Redis | None = None
-_quiet_until = 0.0
+_client_url = ""
+_quiet_until: dict[str, float] = {}  # by URL
 
 
 def wakeup_channel() -> str:
@@ -61,20 +64,22 @@ def jobs_changed(job_ids: Iterable[str]) -> None:
 
 
 def _redis() -> redis.Redis:
-    global _client
+    global _client, _client_url
     with _lock:
-        if _client is None:
-            # Short timeouts: this runs inside workers' transitions and API requests. redis-py's
-            # pool notices a fork (Celery's prefork pool) and opens new connections in the child.
+        if _client is None or _client_url != settings.JOBS_WAKEUP_URL:
+            _client_url = settings.JOBS_WAKEUP_URL
+            # Short timeouts and no retries: this runs after workers' transitions and in API
+            # requests. redis-py's pool notices a fork (Celery's prefork pool) and opens new
+            # connections in the child.
             _client = redis.Redis.from_url(
-                settings.JOBS_WAKEUP_URL, socket_timeout=0.5, socket_connect_timeout=0.5, retry_on_timeout=False,
+                settings.JOBS_WAKEUP_URL, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0),
             )
         return _client
 
 
 def _publish(job_ids: list[str]) -> None:
-    global _quiet_until
-    if time.monotonic() < _quiet_until:
+    url = settings.JOBS_WAKEUP_URL
+    if time.monotonic() < _quiet_until.get(url, 0.0):
         return
     try:
         client = _redis()
@@ -86,5 +91,5 @@ def _publish(job_ids: list[str]) -> None:
                 pipe.publish(wakeup_channel(), encode_ids(job_ids[start:start + CHUNK]))
             pipe.execute()
     except Exception:  # a wake-up is a hint; the waiters' re-check covers a lost one
-        _quiet_until = time.monotonic() + QUIET_AFTER_FAILURE_S
+        _quiet_until[url] = time.monotonic() + QUIET_AFTER_FAILURE_S
         logger.warning("could not publish job wake-ups; waiters fall back to their re-check", exc_info=True)

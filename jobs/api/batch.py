@@ -49,7 +49,6 @@ def _item_answer(index: int, status: int, body: dict[str, Any]) -> dict[str, Any
 
 class JobBatchView(APIView):
     @extend_schema(
-        operation_id="jobs_batch_create",
         request=_BATCH_REQUEST,
         responses={200: _BATCH_RESPONSE},
         description=(

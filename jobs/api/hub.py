@@ -144,6 +144,13 @@ class WakeupHub:
             for item in watches:
                 item.wake()
 
+    async def aclose(self) -> None:
+        """Stop the subscriber and the re-check (a process normally keeps them until it exits)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
     def _ensure_running(self) -> None:
         self._tasks = [t for t in self._tasks if not t.done()]
         if self._tasks:

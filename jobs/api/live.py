@@ -295,7 +295,6 @@ class JobEventsView(APIView):
     """The event stream's contract for the OpenAPI schema; :func:`job_events` serves it."""
 
     @extend_schema(
-        operation_id="jobs_events_retrieve",
         parameters=[
             OpenApiParameter("Last-Event-ID", str, location=OpenApiParameter.HEADER, required=False,
                              description="resume after this stamp seq (sent by a reconnecting client)"),

@@ -35,7 +35,7 @@ _ME_RESPONSE = inline_serializer("Me", {
 
 
 class MeView(APIView):
-    @extend_schema(operation_id="me_retrieve", responses=_ME_RESPONSE,
+    @extend_schema(responses=_ME_RESPONSE,
                    description=f"The caller's principal, grants and staff flag, and its {SESSIONS_SHOWN} most "
                                "recently used sessions with their job counts by status.")
     def get(self, request: Request) -> Response:
