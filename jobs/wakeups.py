@@ -24,9 +24,9 @@ from functools import partial
 
 import redis
 from django.conf import settings
+from django.db import transaction
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from django.db import transaction
 
 logger = logging.getLogger(__name__)
 
