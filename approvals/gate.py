@@ -10,13 +10,16 @@ from django.db.models import Count
 
 from approvals.models import ApprovalRequest, ApprovalStatus
 from approvals.selectors import approval_granted
-from approvals.services import approval_request_open
+from approvals.services import approval_request_open, approval_requests_open_bulk
 from jobs.models import Job
 
 
 class ApprovalsGate:
     def open(self, *, job: Job, checkpoint: str, approvers: int) -> None:
         approval_request_open(job=job, checkpoint=checkpoint, approvers=approvers)
+
+    def open_many(self, *, items: list[tuple[Job, str, int]]) -> None:
+        approval_requests_open_bulk(items=items)
 
     def granted(self, *, job_id: str, checkpoint: str) -> bool:
         return approval_granted(job_id=job_id, checkpoint=checkpoint)

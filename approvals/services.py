@@ -18,13 +18,14 @@ from django.utils import timezone
 
 from approvals.models import ApprovalDecision, ApprovalRequest, ApprovalStatus
 from audit.events import Event
+from audit.services import ChainHead
 from common.errors import DomainError
 from governance.models import Checkpoint, Decision
 from governance.policy import policy_evaluate, redact_inputs
 from governance.secrets import decrypt_secrets
 from governance.selectors import missing_permissions, principal_grants
 from jobs.admission.dispatcher import dispatch_soon
-from jobs.chain import job_stamp
+from jobs.chain import job_stamp, jobs_stamp_bulk
 from jobs.metrics import approval_decided
 from jobs.models import ErrorClass, Job, JobStatus
 from jobs.registry import registry
@@ -67,6 +68,34 @@ def approval_request_open(
         return ApprovalRequest.objects.filter(
             job=job, checkpoint=checkpoint, status=ApprovalStatus.PENDING
         ).first()
+
+
+def approval_requests_open_bulk(*, items: list[tuple[Job, str, int]]) -> list[ApprovalRequest]:
+    """Open the pending requests of many new jobs (``(job, checkpoint, approvers)``) at once.
+
+    For batch submit, through :func:`jobs.hooks.approvals_open_bulk`: the jobs were just inserted
+    ``pending_approval`` in the caller's transaction, so none has a request yet. One INSERT of
+    requests and one of their ``approval_requested`` stamps, the same rows and stamps
+    :func:`approval_request_open` writes one by one.
+    """
+    if not items:
+        return []
+    now = timezone.now()
+    expires = now + timedelta(seconds=settings.APPROVAL_TTL_S)
+    requests = ApprovalRequest.objects.bulk_create([
+        ApprovalRequest(job=job, checkpoint=checkpoint, risk=job.risk, required_approvals=max(1, approvers),
+                        approver_permission=f"approve:{job.scope}", expires_at=expires, created_at=now)
+        for job, checkpoint, approvers in items
+    ])
+    heads = {job.id: ChainHead(job.chain_seq, job.chain_hash) for job, _, _ in items}
+    jobs_stamp_bulk([
+        {"job_id": request.job_id, "event": Event.APPROVAL_REQUESTED, "at": now, "details": {
+            "approval_id": request.public_id, "checkpoint": request.checkpoint,
+            "required_approvals": request.required_approvals, "approver_permission": request.approver_permission,
+        }}
+        for request in requests
+    ], heads=heads)
+    return requests
 
 
 # --- deciding ---------------------------------------------------------------------------------

@@ -310,6 +310,34 @@ class Ctx:
         return self._worker(kind="bare", app_module="bench.bare_app", app=app, queues=(BARE_QUEUE,),
                             concurrency=concurrency, extra_args=extra_args, env=env)
 
+    def web_server(
+        self, *, workers: int = 2, env: Mapping[str, str] | None = None,
+    ) -> contextlib.AbstractContextManager[ManagedProcess]:
+        """The platform's web tier as ``runplatform`` runs it (uvicorn, ``config.asgi``) on a
+        spare loopback port; ``proc.url`` is its base URL. Ready once the API answers (401)."""
+        import urllib.error
+        import urllib.request
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        url = f"http://127.0.0.1:{port}"
+        argv = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port",
+                str(port), "--workers", str(workers), "--lifespan", "off", "--no-access-log",
+                "--log-level", "warning", "--timeout-graceful-shutdown", "3"]
+
+        def ready(proc: ManagedProcess) -> bool:
+            proc.url = url  # type: ignore[attr-defined]
+            try:
+                urllib.request.urlopen(f"{url}/api/v1/me", timeout=1)
+            except urllib.error.HTTPError:
+                return True
+            except OSError:
+                return False
+            return True
+
+        return self._process("web", argv, ready=ready, env=env)
+
     def beat(self, *, env: Mapping[str, str] | None = None) -> contextlib.AbstractContextManager[ManagedProcess]:
         """The platform's beat scheduler (dispatch tick, lease reaper, …), as deployed."""
         argv = [sys.executable, "-m", "celery", "-A", "config", "beat", "-l", "WARNING"]

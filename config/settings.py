@@ -129,7 +129,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "config.middleware.StaticFilesMiddleware",
     "config.middleware.ApiGuardMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -180,6 +180,16 @@ else:
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
     DATABASES["default"].setdefault("OPTIONS", {})
     DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", _int("DATABASE_CONNECT_TIMEOUT", 5))
+    # The ASGI web server (config/asgi.py turns this on) runs each request's synchronous code in
+    # a thread of its own, so a persistent per-thread connection would be a new connection per
+    # request: it borrows from a pool instead (psycopg_pool; Django requires CONN_MAX_AGE=0).
+    if _bool("DATABASE_POOL", False):
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": _int("DATABASE_POOL_MIN_SIZE", 2),
+            "max_size": _int("DATABASE_POOL_MAX_SIZE", 10, minimum=1),
+            "timeout": _float("DATABASE_POOL_TIMEOUT_S", 10.0, minimum=0.1),
+        }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -475,7 +485,22 @@ APPROVAL_SLA_S = _int("APPROVAL_SLA_S", 3600, minimum=1)
 AUDIT_SIGNING_KEY_PATH = Path(env.str("AUDIT_SIGNING_KEY_PATH",
                                       default=str(VAR_DIR / "secrets" / "audit_signing_key.pem")))
 
-# --- Server-sent events ---------------------------------------------------------------------
+# --- Event streams, waits and batches ---------------------------------------------------------
+# Where "job changed" wake-ups are published (Redis pub/sub): the broker's Redis by default; empty
+# (a non-Redis broker) means waiters rely on their periodic re-check alone.
+def _wakeup_url(broker: str) -> str:
+    if broker.startswith(("redis://", "rediss://", "unix://")):
+        return broker
+    if broker.startswith("redis+socket://"):  # kombu's spelling of a Redis unix socket
+        return "unix://" + broker.removeprefix("redis+socket://")
+    return ""
+
+
+JOBS_WAKEUP_URL = env.str("JOBS_WAKEUP_URL", default=_wakeup_url(CELERY_BROKER_URL))
+JOBS_WAKEUP_CHANNEL = env.str("JOBS_WAKEUP_CHANNEL", default="jobs:changed")
+# Waiting streams and waits re-read their jobs this often even without a wake-up (one query per
+# web process for all of them); without a wake-up channel, every API_SSE_POLL_S instead.
+API_LIVE_RECHECK_S = _float("API_LIVE_RECHECK_S", 5.0, minimum=0.1)
 API_SSE_POLL_S = _float("API_SSE_POLL_S", 0.5, minimum=0.05)
 API_SSE_MAX_S = _float("API_SSE_MAX_S", 300.0, minimum=1.0)
 
@@ -504,3 +529,11 @@ WEBHOOK_REPUBLISH_AFTER_S = _int("WEBHOOK_REPUBLISH_AFTER_S", 60, minimum=1)
 # Deliveries published right after the commit that made them (a bulk cancel of thousands leaves
 # the rest to the WEBHOOK_TICK_S tick instead of publishing inside the request).
 WEBHOOK_PUBLISH_AT_ONCE = _int("WEBHOOK_PUBLISH_AT_ONCE", 50)
+
+API_SSE_KEEPALIVE_S = _float("API_SSE_KEEPALIVE_S", 15.0, minimum=0.5)
+# Threads per web process that run the database reads of streams and waits.
+API_LIVE_DB_THREADS = _int("API_LIVE_DB_THREADS", 4, minimum=1)
+# `Prefer: wait=N` is capped at this many seconds.
+JOBS_WAIT_MAX_S = _float("JOBS_WAIT_MAX_S", 60.0, minimum=0.0)
+# Items per POST /api/v1/jobs/batch.
+JOBS_BATCH_MAX = _int("JOBS_BATCH_MAX", 1000, minimum=1)

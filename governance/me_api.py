@@ -1,14 +1,10 @@
-"""REST endpoints on the caller's own principal: who am I, and the webhook signing secret.
+"""The caller's webhook signing secret (``GET /api/v1/me``, in jobs.api.me, shows it).
 
-``GET /api/v1/me`` here is the minimal form (username and webhook secret); the secret is read
-through :func:`governance.selectors.webhook_secret_for`, so a fuller ``/me`` only adds that one
-field. ``POST /api/v1/me/webhook-secret/rotate`` makes a new secret; the old one keeps signing
+``POST /api/v1/me/webhook-secret/rotate`` makes a new secret; the old one keeps signing
 beside it for ``WEBHOOK_SECRET_OVERLAP_S`` (24 h).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from django.urls import path
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -17,24 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from governance.selectors import webhook_secret_for
 from governance.services import webhook_secret_rotate
-
-
-class MeView(APIView):
-    @extend_schema(
-        operation_id="me",
-        responses=inline_serializer("Me", {
-            "username": serializers.CharField(),
-            "webhook_secret": serializers.CharField(allow_null=True),
-        }),
-    )
-    def get(self, request: Request) -> Response:
-        body: dict[str, Any] = {
-            "username": request.user.get_username(),
-            "webhook_secret": webhook_secret_for(principal=request.user),
-        }
-        return Response(body)
 
 
 class WebhookSecretRotateView(APIView):
@@ -55,6 +34,5 @@ class WebhookSecretRotateView(APIView):
 
 
 urlpatterns = [
-    path("me", MeView.as_view(), name="me"),
     path("me/webhook-secret/rotate", WebhookSecretRotateView.as_view(), name="me-webhook-secret-rotate"),
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -38,7 +38,12 @@ class PolicyDecision:
     path: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # What dataclasses.asdict gives, built by hand: a batch submit calls this a thousand times.
+        return {
+            "action": self.action, "reason": self.reason, "policy_version": self.policy_version,
+            "rule_id": self.rule_id, "rule_name": self.rule_name, "approvers": self.approvers,
+            "checkpoint": self.checkpoint, "redact_fields": list(self.redact_fields), "path": list(self.path),
+        }
 
 
 def _lookup(data: Any, path: str) -> Any:

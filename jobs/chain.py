@@ -36,6 +36,7 @@ from audit.services import (
     stamps_build_bulk,
     stamps_insert_bulk,
 )
+from common.bulk import rows_insert
 from jobs.models import Job
 
 # Retries when only the head moved; each one means another stamp landed in between.
@@ -147,6 +148,20 @@ def job_insert(*, job: Job, event: str, actor: str, details: dict[str, Any] | No
     job.chain_seq, job.chain_hash = stamp.seq, stamp.hash
     job.save(force_insert=True)
     return stamp_insert(stamp)
+
+
+def jobs_insert_bulk(*, entries: list[tuple[Job, str, str, dict[str, Any]]]) -> int:
+    """:func:`job_insert` for many new jobs (``(job, event, actor, details)`` each): heads into
+    the rows, then one bulk insert of the jobs (COPY on PostgreSQL) and one of the stamps."""
+    stamps = [
+        stamp_build(job_id=job.id, head=ChainHead(), event=event, actor=actor, from_status="",
+                    to_status=job.status, details=details, at=job.created_at)
+        for job, event, actor, details in entries
+    ]
+    for (job, _, _, _), stamp in zip(entries, stamps, strict=True):
+        job.chain_seq, job.chain_hash = stamp.seq, stamp.hash
+    rows_insert(Job, [job for job, _, _, _ in entries])
+    return stamps_insert_bulk(stamps)
 
 
 def job_first_stamp(*, job: Job, event: str, actor: str, details: dict[str, Any] | None = None) -> AuditStamp:

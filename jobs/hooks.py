@@ -27,6 +27,10 @@ class ApprovalGate(Protocol):
     def open(self, *, job: Job, checkpoint: str, approvers: int) -> None:
         """Open the pending request for ``job`` (already ``pending_approval``) at ``checkpoint``."""
 
+    def open_many(self, *, items: list[tuple[Job, str, int]]) -> None:
+        """Open the requests of many new ``pending_approval`` jobs (``(job, checkpoint, approvers)``)
+        at once; they were inserted in the caller's transaction (batch submit)."""
+
     def granted(self, *, job_id: str, checkpoint: str) -> bool:
         """Whether the review of ``job_id`` at ``checkpoint`` is done and still counts."""
 
@@ -44,6 +48,9 @@ class _NoApprovals:
     """Without an approvals app nothing can be approved: a job that needs a human cannot park."""
 
     def open(self, *, job: Job, checkpoint: str, approvers: int) -> None:
+        raise ImproperlyConfigured("a job needs approval but no approvals app is installed")
+
+    def open_many(self, *, items: list[tuple[Job, str, int]]) -> None:
         raise ImproperlyConfigured("a job needs approval but no approvals app is installed")
 
     def granted(self, *, job_id: str, checkpoint: str) -> bool:
@@ -100,3 +107,10 @@ def status_observer_register(observer: StatusObserver) -> None:
 
 def status_observers() -> tuple[StatusObserver, ...]:
     return tuple(_observers)
+
+
+def approvals_open_bulk(*, items: list[tuple[Job, str, int]]) -> None:
+    """:func:`approval_open` for many new jobs (``(job, checkpoint, approvers)``) in one go."""
+    for job, checkpoint, _ in items:
+        approval_opening.send(sender=approval_open, job=job, checkpoint=checkpoint)
+    _gate.open_many(items=[(job, checkpoint, max(1, approvers)) for job, checkpoint, approvers in items])

@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
 from django.utils import timezone
 
 from jobs.hooks import approval_gate
@@ -186,3 +186,24 @@ def sessions_active(*, recent_s: float = 24 * 3600, limit: int = 200) -> list[tu
         if key not in keys:
             keys.append(key)
     return [(int(p), str(s)) for p, s in keys]
+
+
+# --- what waiting requests watch ----------------------------------------------------------------
+
+# A job's state as event streams and waits see it: any change of these wakes them.
+LIVE_FIELDS = ("status", "updated_at", "progress_pct", "progress_message")
+
+
+def jobs_live_state(*, job_ids: list[str]) -> dict[str, tuple[Any, ...]]:
+    """``LIVE_FIELDS`` of each existing job in ``job_ids``, in one query."""
+    rows = Job.objects.filter(pk__in=job_ids).values_list("pk", *LIVE_FIELDS)
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def principal_sessions(*, principal_id: int, limit: int = 100) -> list[str]:
+    """The principal's session ids, most recently used first."""
+    rows = (
+        Job.objects.filter(principal_id=principal_id).values("session_id")
+        .annotate(last=Max("created_at")).order_by("-last", "session_id")[:limit]
+    )
+    return [row["session_id"] for row in rows]

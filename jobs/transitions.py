@@ -4,7 +4,8 @@
 ``allowed_from``, then runs ``UPDATE … WHERE id=… AND status=<what it read>``. If another
 process changed the row in between, the UPDATE matches nothing and the call is a no-op that
 returns None — "someone else got there first" — never a double execution. The audit stamp is
-written in the same transaction, so the trail can never disagree with the data.
+written in the same transaction, so the trail can never disagree with the data, and a wake-up
+for requests waiting on the job (``jobs.wakeups``) goes out after that transaction commits.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from django.utils import timezone
 
 from audit.models import AuditStamp
 from audit.services import SYSTEM_ACTOR, ChainHead
-from jobs.chain import job_chain_write, job_first_stamp, job_insert, jobs_stamp_bulk
+from jobs.chain import job_chain_write, job_first_stamp, job_insert, jobs_insert_bulk, jobs_stamp_bulk
 from jobs.completion import status_reached
 from jobs.models import TERMINAL_STATUSES, Job, JobStatus
 from jobs.observe import bulk_observed, creation_observed, transition_observed
+from jobs.wakeups import jobs_changed
 
 S = JobStatus
 
@@ -116,6 +118,7 @@ def job_transition_stamped(
             transition_observed(job_id=job_id, event=event, actor=actor, from_status=current, to_status=to,
                                 details=details)
             status_reached(job_ids=[job_id], status=to)
+            jobs_changed([job_id])
     return (current, stamp) if stamp is not None else None
 
 
@@ -136,6 +139,21 @@ def job_created_stamp(
     job_first_stamp(job=job, event=event, actor=actor, details=details)
     creation_observed(job=job, event=event, actor=actor, details=details)
     status_reached(job_ids=[job.id], status=job.status)
+
+
+def jobs_create_bulk(*, entries: list[tuple[Job, str, str, dict[str, Any]]]) -> None:
+    """Insert many new jobs with their creation stamps (``(job, event, actor, details)`` each):
+    the bulk twin of :func:`job_create`, for batch submit — one COPY of jobs (their chain heads
+    in the rows) and one of stamps, in the caller's transaction."""
+    for job, _, _, _ in entries:
+        check_legal("", job.status)
+    jobs_insert_bulk(entries=entries)
+    by_status: dict[str, list[str]] = {}
+    for job, event, actor, details in entries:
+        creation_observed(job=job, event=event, actor=actor, details=details)
+        by_status.setdefault(job.status, []).append(job.id)
+    for status, ids in by_status.items():
+        status_reached(job_ids=ids, status=status)
 
 
 # Ids per UPDATE: keeps every statement's parameter list well under SQLite's limit.
@@ -196,4 +214,5 @@ def jobs_transition_bulk(
         ], heads=heads)
         bulk_observed(moved=moved, jobs=seen, to_status=to, event=event, actor=actor, details=details)
         status_reached(job_ids=[job_id for ids in moved.values() for job_id in ids], status=to)
+        jobs_changed(job_id for ids in moved.values() for job_id in ids)
     return moved

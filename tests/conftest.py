@@ -158,6 +158,30 @@ def live(transactional_db: None, worker_processes: harness.SessionStack) -> Iter
     yield procs
 
 
+@pytest.fixture(scope="session")
+def web_process(django_db_setup: None) -> Iterator[harness.WebServer]:
+    """The ASGI web server (uvicorn, as ``runplatform`` runs it) on the test database, for the session."""
+    if _service_problem:
+        pytest.skip(_service_problem)
+    # A long re-check period: a wait or stream that ends quickly was woken by a notification.
+    server = harness.start_web(env={
+        "API_LIVE_RECHECK_S": "30",
+        "DATABASE_URL": f"{harness.database_url()}?application_name={harness.WEB_APPLICATION_NAME}",
+    })
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def web(live: dict[str, harness.Proc], web_process: harness.WebServer) -> harness.WebServer:
+    """A real web server over a socket, with committed data and live workers (``live``)."""
+    if not web_process.proc.alive():
+        raise RuntimeError(f"web server died:\n{web_process.proc.log()[-4000:]}")
+    return web_process
+
+
 def wait_status(job_id: str, statuses: set[str] | str, timeout: float = 30.0) -> Any:
     """Poll the job until its status is one of ``statuses``; return the job."""
     from jobs.models import Job

@@ -175,6 +175,56 @@ def wait_for_worker(proc: Proc, hostname: str, broker_url: str | None, timeout: 
     raise RuntimeError(f"worker {proc.name} not ready in {timeout}s:\n{proc.log()[-4000:]}")
 
 
+# The web server's database connections carry this name (pg_stat_activity.application_name).
+WEB_APPLICATION_NAME = "jp-test-web"
+
+
+@dataclass
+class WebServer:
+    """The ASGI web tier (``uvicorn config.asgi:application``) on a spare loopback port."""
+
+    proc: Proc
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.stop(timeout=10)
+
+
+def start_web(*, env: dict[str, str] | None = None, workers: int = 1, ready_timeout: float = 60.0) -> WebServer:
+    """Start the web server the platform runs, on the test database and broker; wait until it
+    answers HTTP (an unauthenticated API request answers 401)."""
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    proc = _spawn(
+        "web",
+        [PYTHON, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers), "--lifespan", "off", "--log-level", "warning", "--no-access-log",
+         "--timeout-graceful-shutdown", "3"],
+        child_env(**{"LOG_LEVEL": "WARNING", **(env or {})}),
+    )
+    server = WebServer(proc, port)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"web server exited:\n{proc.log()[-4000:]}")
+        try:
+            urllib.request.urlopen(f"{server.url}/api/v1/me", timeout=1)
+        except urllib.error.HTTPError:
+            return server  # it answered (401)
+        except OSError:
+            time.sleep(0.1)
+            continue
+        return server
+    proc.stop()
+    raise RuntimeError(f"web server not ready in {ready_timeout}s:\n{proc.log()[-4000:]}")
+
+
 def start_beat(*, env: dict[str, str] | None = None, broker_url: str | None = None) -> Proc:
     """``celery beat`` with a throwaway file scheduler (the test database is flushed between
     tests, which the database scheduler would not expect); the schedule is the same
@@ -319,53 +369,10 @@ def race(n: int, action: Callable[[int], Any], *, timeout: float = 60.0) -> list
     return results
 
 
-@dataclass
-class WebServer:
-    port: int
-    proc: Proc
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.proc.stop(timeout=10)
-
-
-def start_web_server(*, env: dict[str, str] | None = None, threads: int = 8,
-                     ready_timeout: float = 60.0) -> WebServer:
-    """The platform's web tier as ``manage.py runplatform`` runs it (gunicorn, gthread workers,
-    ``config.wsgi``) on a spare loopback port, against the test database; ready when it answers
-    HTTP (any status: the probe has no token)."""
-    import urllib.error
-    import urllib.request
-
-    port = free_port()
-    proc = _spawn(
-        "web",
-        [
-            PYTHON, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
-            "--worker-class", "gthread", "--workers", "1", "--threads", str(threads),
-            "--graceful-timeout", "5", "--timeout", "60", "--error-logfile", "-", "--log-level", "warning",
-            *(["--no-control-socket"] if _gunicorn_has_control_socket() else []),
-        ],
-        child_env(**(env or {})),
-    )
-    server = WebServer(port, proc)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"web server exited:\n{proc.log()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{server.url}/api/v1/jobs", timeout=2):
-                return server
-        except urllib.error.HTTPError:
-            return server
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    proc.stop()
-    raise RuntimeError(f"web server not ready in {ready_timeout}s:\n{proc.log()[-4000:]}")
+def start_web_server(*, env: dict[str, str] | None = None, ready_timeout: float = 60.0) -> WebServer:
+    """The platform's web tier as ``manage.py runplatform`` runs it (uvicorn, ``config.asgi``) on
+    a spare loopback port, against the test database (see :func:`start_web`)."""
+    return start_web(env=env, ready_timeout=ready_timeout)
 
 
 def _gunicorn_has_control_socket() -> bool:

@@ -93,3 +93,18 @@ def test_the_check_names_an_upward_import(package: str, source: str, needle: str
 def test_downward_imports_pass() -> None:
     assert violations("approvals", "x.py", "from jobs.models import Job\nfrom audit.events import Event\n") == []
     assert violations("jobs", "x.py", "from common.errors import DomainError\nfrom governance.policy import x\n") == []
+
+
+def test_jobctl_is_a_client_outside_the_platform() -> None:
+    # given every module of the jobctl package (the client and command line)
+    modules = sorted((ROOT / "jobctl").rglob("*.py"))
+    assert modules, "no jobctl modules found"
+    # then none imports Django, the project shell or an app: it talks to the platform over HTTP only
+    outside = {"django", "rest_framework", "celery", PROJECT_SHELL, *LAYERS}
+    problems = [
+        f"{path.relative_to(ROOT)}:{line}: imports {module!r}"
+        for path in modules
+        for line, module in imported_modules(path.read_text())
+        if module.split(".")[0] in outside
+    ]
+    assert problems == [], "jobctl imports the platform:\n" + "\n".join(problems)

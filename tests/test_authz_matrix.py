@@ -40,6 +40,9 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("job-list", "GET"): _row(200, 200, 200, 200),
     # everyone may submit; without demo:run the job is recorded as blocked (403), theirs alone
     ("job-list", "POST"): _row(202, 202, 403, 403),
+    # a batch answers 200 with one result per item; the items of a principal without the grant
+    # are recorded as blocked (their own 403 inside the answer)
+    ("job-batch", "POST"): _row(200, 200, 200, 200),
     ("job-bulk-cancel", "POST"): _row(200, 200, 200, 200),
     ("job-detail", "GET"): _row(200, 404, 200, 404),
     ("job-cancel", "POST"): _row(202, 404, 202, 404),
@@ -85,6 +88,7 @@ SEES_JOB_ON = {  # per endpoint where it differs from SEES_JOB
     "approval-approve": {APPROVER},
     "approval-deny": {APPROVER},
     "job-list": {OWNER, STAFF},
+    "job-batch": set(),  # its answer names only the caller's new jobs
     "job-detail": {OWNER, STAFF},
     "job-audit": {OWNER, STAFF},
     "job-cancel": {OWNER, STAFF},
@@ -111,6 +115,7 @@ CHANGES = {
     "approval-deny": {APPROVER},
 }
 BODIES: dict[str, dict[str, Any]] = {
+    "job-batch": {"jobs": [{"job_type": "demo.noop", "inputs": {}, "session_id": SESSION}]},
     "job-list": {"job_type": "demo.noop", "inputs": {}, "session_id": SESSION},
     "job-bulk-cancel": {"session_id": SESSION},
     "session-pause": {},

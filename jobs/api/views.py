@@ -1,17 +1,14 @@
-"""REST endpoints for jobs: thin views over jobs.services.submit and jobs.selectors."""
+"""REST endpoints for jobs: thin views over jobs.services.submit and jobs.selectors.
+
+Waiting (``Prefer: wait``) and the event stream are served by the async views in ``jobs/api/live.py``,
+which call these views for everything else.
+"""
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Iterator
 from typing import Any
 
-from django.conf import settings
-from django.db import close_old_connections
-from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import renderers
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -20,14 +17,14 @@ from rest_framework.views import APIView
 
 from audit.selectors import stamps_for_job
 from common.errors import DomainError
-from common.validation import INT32_MAX, int_param
-from jobs.api.schema import SSE_EVENT_SCHEMA, error_responses
+from jobs.api.schema import error_responses
 from jobs.api.serializers import (
     JobAuditSerializer,
     JobDetailSerializer,
     JobListSerializer,
     JobRunSerializer,
     JobSerializer,
+    JobUrls,
     SubmitBlockedSerializer,
     SubmitResponseSerializer,
     SubmitSerializer,
@@ -35,9 +32,16 @@ from jobs.api.serializers import (
 )
 from jobs.api.throttling import SubmitRateThrottle
 from jobs.logcontext import trace_id_from_traceparent
-from jobs.models import TERMINAL_STATUSES, Job, JobStatus
+from jobs.models import Job, JobStatus
 from jobs.selectors import job_get, job_list, job_runs
-from jobs.services.submit import SubmitSpec, job_submit
+from jobs.services.submit import SubmitResult, SubmitSpec, job_submit
+
+# RFC 7240: a client may ask to wait for the job's end (jobs/api/live.py serves it).
+PREFER_WAIT = OpenApiParameter(
+    "Prefer", str, location=OpenApiParameter.HEADER, required=False,
+    description=("`wait=N` (RFC 7240): answer when the job has ended, or after N seconds (capped by "
+                 "`JOBS_WAIT_MAX_S`, default 60), whichever comes first."),
+)
 
 
 def get_job_or_404(request: Request, job_id: str) -> Job:
@@ -86,8 +90,13 @@ class JobListCreateView(ListAPIView):
 
     @extend_schema(
         request=SubmitSerializer,
+        parameters=[PREFER_WAIT],
         responses={
-            202: SubmitResponseSerializer, 200: SubmitResponseSerializer,
+            202: SubmitResponseSerializer,
+            200: OpenApiResponse(JobSerializer, description=(
+                "With `Prefer: wait=N`: the job ended within N seconds — the full job, as "
+                "`GET /api/v1/jobs/{id}` shows it (header `Preference-Applied: wait=N`). Without it, "
+                "or when N ran out on an idempotent replay: the same handle as 202.")),
             403: OpenApiResponse(SubmitBlockedSerializer, description="recorded as blocked"),
             **error_responses(409, 429),
         },
@@ -95,38 +104,57 @@ class JobListCreateView(ListAPIView):
     def post(self, request: Request) -> Response:
         serializer = SubmitSerializer(data=json_object_body(request))
         serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        spec = SubmitSpec(
-            job_type=data["job_type"],
-            inputs=data["inputs"],
-            session_id=data["session_id"],
-            idempotency_key=data.get("idempotency_key") or None,
-            priority=data.get("priority", 0),
-            run_after=data.get("run_after"),
-            constraints=data.get("constraints") or {},
-            # A W3C traceparent header makes the job part of the caller's trace.
-            trace_id=data.get("trace_id", "") or trace_id_from_traceparent(request.headers.get("traceparent")),
-            correlation_id=data.get("correlation_id", ""),
-            conversation_id=data.get("conversation_id", ""),
-            callback_url=data.get("callback_url", ""),
-        )
+        spec = submit_spec(serializer.validated_data, traceparent=request.headers.get("traceparent"))
         result = job_submit(principal=request.user, spec=spec)  # type: ignore[arg-type]
-        body = submit_body(result.job, request)
-        if result.blocked:
-            missing = result.job.reason.startswith("missing permissions")
-            body["code"] = "permission_denied" if missing else "policy_blocked"
-            body["detail"] = result.job.reason
-            return Response(body, status=403)
-        return Response(body, status=202 if result.created else 200)
+        status, body = submit_answer(result, request)
+        return Response(body, status=status)
+
+
+def submit_spec(data: dict[str, Any], *, traceparent: str | None = None) -> SubmitSpec:
+    """The service's view of a validated submit body (``SubmitSerializer``); a W3C
+    ``traceparent`` header makes the job part of the caller's trace when the body names none."""
+    return SubmitSpec(
+        job_type=data["job_type"],
+        inputs=data["inputs"],
+        session_id=data["session_id"],
+        idempotency_key=data.get("idempotency_key") or None,
+        priority=data.get("priority", 0),
+        run_after=data.get("run_after"),
+        constraints=data.get("constraints") or {},
+        trace_id=data.get("trace_id", "") or trace_id_from_traceparent(traceparent),
+        correlation_id=data.get("correlation_id", ""),
+        conversation_id=data.get("conversation_id", ""),
+        callback_url=data.get("callback_url", ""),
+    )
+
+
+def submit_answer(result: SubmitResult, request: Any, urls: JobUrls | None = None) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of a submit: 202 created, 200 idempotent replay, 403 blocked."""
+    body = submit_body(result.job, request, urls)
+    if result.blocked:
+        missing = result.job.reason.startswith("missing permissions")
+        body["code"] = "permission_denied" if missing else "policy_blocked"
+        body["detail"] = result.job.reason
+        return 403, body
+    return (202 if result.created else 200), body
+
+
+def job_detail_body(job: Job) -> dict[str, Any]:
+    """The full job as ``GET /api/v1/jobs/{id}`` shows it, runs included."""
+    data: dict[str, Any] = dict(JobSerializer(job).data)
+    data["runs"] = JobRunSerializer(job_runs(job_id=job.pk), many=True).data
+    return data
 
 
 class JobDetailView(APIView):
-    @extend_schema(responses=JobDetailSerializer)
+    @extend_schema(
+        parameters=[PREFER_WAIT],
+        responses=OpenApiResponse(JobDetailSerializer, description=(
+            "The job. With `Prefer: wait=N` the answer waits until the job has ended or N seconds "
+            "passed, whichever comes first (header `Preference-Applied: wait=N`).")),
+    )
     def get(self, request: Request, job_id: str) -> Response:
-        job = get_job_or_404(request, job_id)
-        data = JobSerializer(job).data
-        data["runs"] = JobRunSerializer(job_runs(job_id=job.pk), many=True).data
-        return Response(data)
+        return Response(job_detail_body(get_job_or_404(request, job_id)))
 
 
 class JobAuditView(APIView):
@@ -135,79 +163,3 @@ class JobAuditView(APIView):
         job = get_job_or_404(request, job_id)
         stamps = stamps_for_job(job_id=job.pk)
         return Response(JobAuditSerializer({"job_id": job.pk, "stamps": stamps}).data)
-
-
-class EventStreamRenderer(renderers.BaseRenderer):
-    media_type = "text/event-stream"
-    format = "sse"
-    charset = "utf-8"
-
-    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
-        return json.dumps(data).encode()
-
-
-def _sse(event: str, data: dict[str, Any], event_id: str | None = None) -> str:
-    head = f"id: {event_id}\n" if event_id else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
-
-
-def job_event_stream(job_id: str, *, after_seq: int = 0, max_seconds: float | None = None) -> Iterator[str]:
-    """Status changes (audit stamps) and progress of one job, until it ends or time runs out."""
-    deadline = time.monotonic() + (max_seconds or settings.API_SSE_MAX_S)
-    last_seq = after_seq
-    last_progress: tuple[Any, Any] | None = None
-    yield "retry: 1000\n\n"
-    try:
-        while True:
-            for stamp in stamps_for_job(job_id=job_id).filter(seq__gt=last_seq):
-                last_seq = stamp.seq
-                yield _sse("status", {"seq": stamp.seq, "event": stamp.event, "from": stamp.from_status,
-                                      "to": stamp.to_status, "at": stamp.created_at.isoformat()},
-                           str(stamp.seq))
-            row = Job.objects.filter(pk=job_id).values("status", "progress_pct", "progress_message").first()
-            if row is None:
-                return
-            progress = (row["progress_pct"], row["progress_message"])
-            if row["progress_pct"] is not None and progress != last_progress:
-                last_progress = progress
-                yield _sse("progress", {"pct": row["progress_pct"], "message": row["progress_message"]})
-            if row["status"] in TERMINAL_STATUSES:
-                yield _sse("end", {"status": row["status"]})
-                return
-            if time.monotonic() > deadline:
-                yield _sse("timeout", {"status": row["status"]})
-                return
-            time.sleep(settings.API_SSE_POLL_S)
-    finally:
-        close_old_connections()
-
-
-class JobEventsView(APIView):
-    renderer_classes = [renderers.JSONRenderer, EventStreamRenderer]
-
-    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
-        # An error is a JSON body even when the client asked for text/event-stream.
-        if isinstance(response, Response):
-            request.accepted_renderer = renderers.JSONRenderer()
-            request.accepted_media_type = "application/json"
-        return super().finalize_response(request, response, *args, **kwargs)
-
-    @extend_schema(
-        parameters=[OpenApiParameter(
-            "after", {"type": "integer", "minimum": 0, "maximum": INT32_MAX},
-            description="resume after this stamp seq (the Last-Event-ID header wins)",
-        )],
-        responses={(200, "text/event-stream"): OpenApiResponse(
-            SSE_EVENT_SCHEMA,
-            description="Server-Sent Events, each as described: `status` (id = stamp seq), `progress`, "
-                        "then `end` or `timeout`",
-        )},
-    )
-    def get(self, request: Request, job_id: str) -> StreamingHttpResponse:
-        job = get_job_or_404(request, job_id)
-        raw = request.headers.get("Last-Event-ID") or request.query_params.get("after")
-        after = int_param(raw, where="Last-Event-ID", default=0, minimum=0, maximum=INT32_MAX)
-        response = StreamingHttpResponse(job_event_stream(job.pk, after_seq=after), content_type="text/event-stream")
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        return response

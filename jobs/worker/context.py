@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from jobs.errors import JobCancelled
 from jobs.models import Job, JobStatus
+from jobs.wakeups import jobs_changed
 
 logger = logging.getLogger("jobs.handler")
 
@@ -59,9 +60,10 @@ class JobContext:
         if pct < 100 and now - self._last_progress < 0.25:
             return
         self._last_progress = now
-        Job.objects.filter(pk=self.job_id, current_run_id=self.run_id).update(
+        if Job.objects.filter(pk=self.job_id, current_run_id=self.run_id).update(
             progress_pct=max(0.0, min(100.0, float(pct))), progress_message=message[:500]
-        )
+        ):
+            jobs_changed([self.job_id])
 
     def heartbeat(self) -> None:
         """Renew the lease now (the monitor thread also does it on its own)."""

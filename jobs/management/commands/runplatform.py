@@ -79,18 +79,22 @@ def _gunicorn_extra_args() -> list[str]:
     return ["--no-control-socket"] if "control_socket_disable" in names else []
 
 
+def web_argv(*, python: str, host: str, port: int, workers: int, log_level: str) -> list[str]:
+    """uvicorn serving the ASGI app (config/asgi.py): event streams and waits are coroutines, not threads."""
+    return [
+        python, "-m", "uvicorn", "config.asgi:application", "--host", host, "--port", str(port),
+        "--workers", str(workers), "--lifespan", "off", "--no-access-log", "--log-level", log_level.lower(),
+        # Open event streams are cancelled after this on Ctrl-C, so stopping stays quick.
+        "--timeout-graceful-shutdown", "5",
+    ]
+
+
 def child_specs(*, host: str, port: int, flower_port: int, with_flower: bool, concurrency: int,
                 web_workers: int, web_threads: int, log_level: str, broker_url: str) -> list[ChildSpec]:
     python = sys.executable
     celery = [python, "-m", "celery", "-A", "config"]
     specs = [
-        ChildSpec("web", [
-            python, "-m", "gunicorn", "config.wsgi:application", "--bind", f"{host}:{port}",
-            "--worker-class", "gthread", "--workers", str(web_workers), "--threads", str(web_threads),
-            # SSE streams hold a thread for minutes; a short graceful timeout keeps Ctrl-C quick.
-            "--graceful-timeout", "5", "--timeout", "60", "--error-logfile", "-", "--log-level", log_level.lower(),
-            *_gunicorn_extra_args(),
-        ]),
+        ChildSpec("web", web_argv(python=python, host=host, port=port, workers=web_workers, log_level=log_level)),
         ChildSpec("worker", [
             *celery, "worker", "-Q", ",".join(worker_queues()), "-c", str(concurrency), "-P", "prefork",
             "-n", f"{WORKER_NAME}@%h", "--without-mingle", "--without-gossip", "-l", log_level,
