@@ -1,4 +1,4 @@
-"""The apps depend in one direction: audit ← governance ← jobs ← add-ons (approvals, examples).
+"""The apps depend in one direction: audit ← governance ← jobs ← add-ons (approvals, examples, mcp_server).
 
 Walks every module of every app with ``ast`` and fails on an import that points up a layer, across
 add-ons, or into the project package ``config`` — naming the file, the line and the import.
@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "jobs": 3,
     "approvals": 4,
     "examples": 4,
+    "mcp_server": 4,
 }
 PROJECT_SHELL = "config"
 
