@@ -147,7 +147,10 @@ def test_another_principal_can_neither_see_nor_cancel_a_task(live: Any, raw: Any
     owner = raw()
     intruder = raw(make_principal("intruder", ("demo:*",)).token)
     task_id = call(owner, "demo.long_running", {"steps": 300, "step_s": 0.1})["taskId"]
-    for method, params in (("tasks/get", {}), ("tasks/cancel", {}), ("tasks/update", {"inputResponses": {}})):
+    attempts: list[tuple[str, dict[str, Any]]] = [
+        ("tasks/get", {}), ("tasks/cancel", {}), ("tasks/update", {"inputResponses": {}}),
+    ]
+    for method, params in attempts:
         error = intruder.error(method, {"taskId": task_id, **params})
         assert error["code"] == INVALID_PARAMS and "not found" in error["message"].lower(), (method, error)
     # nor through the 2025-11-25 methods without the extension

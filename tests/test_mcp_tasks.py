@@ -95,7 +95,9 @@ def test_call_as_task_poll_and_result(live: Any, web_server: Any, principal: Any
         async with sdk_session(web_server.url, principal.token) as session:
             session._message_handler = collect  # the SDK calls it for every server notification
             created = await session.experimental.call_tool_as_task("demo.long_running", {"steps": 5, "step_s": 0.3})
-            seen = [(s.status, s.statusMessage) async for s in session.experimental.poll_task(created.task.taskId)]
+            seen: list[TaskStatus] = [
+                (s.status, s.statusMessage) async for s in session.experimental.poll_task(created.task.taskId)
+            ]
             result = await session.experimental.get_task_result(created.task.taskId, types.CallToolResult)
             await anyio.sleep(0.5)  # the last status notification
         return created, seen, result
@@ -181,10 +183,10 @@ def test_list_tasks_pages_through_own_tasks(live: Any, web_server: Any, principa
 
 
 def test_call_without_tasks_answers_when_the_job_ends(live: Any, web_server: Any, principal: Any) -> None:
-    progress: list[tuple[float, float | None, str | None]] = []
+    seen_progress: list[tuple[float, float | None, str | None]] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append((value, total, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen_progress.append((progress, total, message))
 
     async def scenario() -> tuple[types.CallToolResult, types.CallToolResult, types.CallToolResult, McpError]:
         async with sdk_session(web_server.url, principal.token) as session:
@@ -206,10 +208,10 @@ def test_call_without_tasks_answers_when_the_job_ends(live: Any, web_server: Any
     assert [j.job_type for j in jobs] == ["demo.long_running", "demo.noop"]
     assert all(j.status == "succeeded" and JobRun.objects.filter(job=j).exists() for j in jobs)
     # with progress notifications, always increasing, carrying the job's progress
-    values = [value for value, _, _ in progress]
-    assert values == sorted(set(values)) and len(values) >= 2, progress
-    assert any((message or "").startswith("step ") for _, _, message in progress), progress
-    assert all(total == 100.0 for _, total, _ in progress)
+    values = [value for value, _, _ in seen_progress]
+    assert values == sorted(set(values)) and len(values) >= 2, seen_progress
+    assert any((message or "").startswith("step ") for _, _, message in seen_progress), seen_progress
+    assert all(total == 100.0 for _, total, _ in seen_progress)
     # invalid arguments are a tool error the model can correct; no job was recorded for them
     assert invalid.isError is True and invalid.structuredContent["code"] == "invalid_inputs"  # type: ignore[index]
     # and an unknown tool is a protocol error
