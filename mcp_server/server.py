@@ -90,14 +90,14 @@ def cancel_handler(store: JobTaskStore) -> Any:
         principal = current_principal()
         job = await own_job(principal, task_id)
         if is_terminal(task_for(job).status):
-            raise task_not_terminal_error(task_id, task_for(job).status)
+            raise terminal_task_error(task_for(job).status)
         await request_cancel(principal, job, reason="cancelled over MCP (tasks/cancel)")
         return ext_result({})
 
     return cancel_task
 
 
-def task_not_terminal_error(task_id: str, status: str) -> McpError:
+def terminal_task_error(status: str) -> McpError:
     return McpError(types.ErrorData(code=types.INVALID_PARAMS,
                                     message=f"Cannot cancel task in terminal state '{status}'"))
 
