@@ -152,6 +152,25 @@ def test_cancel_a_running_task(live: Any, web_server: Any, principal: Any) -> No
     assert result.isError is True and result.structuredContent["status"] == "cancelled"  # type: ignore[index]
 
 
+def test_cancel_a_task_whose_handler_ignores_it(live: Any, web_server: Any, principal: Any) -> None:
+    async def scenario() -> tuple[str, types.CancelTaskResult, float]:
+        async with sdk_session(web_server.url, principal.token) as session:
+            created = await session.experimental.call_tool_as_task("demo.stubborn", {"sleep_s": 60})
+            task_id = created.task.taskId
+            await wait_task(session, task_id, lambda t: (t.statusMessage or "").startswith("running"))
+            started = anyio.current_time()
+            cancelled = await session.experimental.cancel_task(task_id)
+            return task_id, cancelled, anyio.current_time() - started
+
+    # when a running task whose handler never looks at cancellation is cancelled
+    task_id, cancelled, took = anyio.run(scenario)
+
+    # then the answer waited for the forced stop (grace 2 s here), and says cancelled
+    assert cancelled.status == "cancelled" and took < 10, took
+    forced = AuditStamp.objects.get(job_id=task_id, event="cancelled")
+    assert forced.details["mode"] == "forced"
+
+
 def test_list_tasks_pages_through_own_tasks(live: Any, web_server: Any, principal: Any, make_principal: Any) -> None:
     other = make_principal("other", ("demo:run",))
 
