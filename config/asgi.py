@@ -17,6 +17,10 @@ a coroutine and an ordinary one costs no more than under a threaded WSGI server:
 3. **Every other request** goes through the same middleware in their synchronous form, in its
    request thread, as a threaded WSGI server would run it: one hop off the event loop per
    request instead of two per middleware.
+
+In front of it, a path router: ``/mcp`` is the MCP server (``mcp_server``, docs/mcp.md), which
+also receives the lifespan events (Django's ASGI handler refuses them), so its session manager
+and status notifier start and stop with the server process.
 """
 
 import os
@@ -62,4 +66,21 @@ class PlatformASGIHandler(ASGIHandler):
 
 
 django.setup(set_prefix=False)
-application = PlatformASGIHandler()
+django_application = PlatformASGIHandler()
+
+# Imported once Django is set up: the MCP server reads jobs through the ORM.
+from mcp_server.server import mcp_asgi_app  # noqa: E402
+
+MCP_PATH = "/mcp"
+mcp_application = mcp_asgi_app()
+
+
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await mcp_application(scope, receive, send)
+        return
+    path = scope.get("path", "")
+    if path == MCP_PATH or path.startswith(MCP_PATH + "/"):
+        await mcp_application(scope, receive, send)
+        return
+    await django_application(scope, receive, send)

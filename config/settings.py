@@ -125,6 +125,7 @@ INSTALLED_APPS = [
     "approvals",
     "webhooks",
     "examples",
+    "mcp_server",
 ]
 
 MIDDLEWARE = [
@@ -537,3 +538,20 @@ API_LIVE_DB_THREADS = _int("API_LIVE_DB_THREADS", 4, minimum=1)
 JOBS_WAIT_MAX_S = _float("JOBS_WAIT_MAX_S", 60.0, minimum=0.0)
 # Items per POST /api/v1/jobs/batch.
 JOBS_BATCH_MAX = _int("JOBS_BATCH_MAX", 1000, minimum=1)
+
+# --- MCP server (/mcp, docs/mcp.md) -------------------------------------------------------
+# The ttl every task reports: how long a finished job stays readable. Keep the retention of
+# `manage.py cleanup --older-than-days` at or above it.
+MCP_TASK_TTL_S = _int("MCP_TASK_TTL_S", 30 * 24 * 3600, minimum=60)
+# Poll intervals suggested to clients: for work in progress, and for a job waiting for a human.
+MCP_POLL_INTERVAL_MS = _int("MCP_POLL_INTERVAL_MS", 1000, minimum=100)
+MCP_APPROVAL_POLL_INTERVAL_MS = _int("MCP_APPROVAL_POLL_INTERVAL_MS", 5000, minimum=100)
+# How often a waiting request (a call without tasks, tasks/result, tasks/cancel) re-reads its job.
+MCP_WAIT_POLL_S = _float("MCP_WAIT_POLL_S", 0.3, minimum=0.05)
+# A call without tasks waits at most the job's max runtime per stage plus this.
+MCP_SYNC_WAIT_GRACE_S = _float("MCP_SYNC_WAIT_GRACE_S", 30.0, minimum=0.0)
+# Job types whose max runtime exceeds this are tools with taskSupport "required".
+MCP_LONG_RUNTIME_S = _int("MCP_LONG_RUNTIME_S", 60, minimum=1)
+# How often task status notifications are checked for (one query for all watched tasks).
+MCP_STATUS_NOTIFY_S = _float("MCP_STATUS_NOTIFY_S", 1.0, minimum=0.05)
+MCP_LIST_PAGE_SIZE = _int("MCP_LIST_PAGE_SIZE", 50, minimum=1)

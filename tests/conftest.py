@@ -230,3 +230,20 @@ def submit(api: APIClient) -> Any:
         return response
 
     return do
+
+
+# --- a real ASGI web server (uvicorn) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def web_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[Any]:
+    """``uvicorn config.asgi:application`` on a free port and the test database, for the session."""
+    if _service_problem:
+        pytest.skip(_service_problem)
+    from tests.mcp_support import start_web
+
+    server = start_web()
+    try:
+        yield server
+    finally:
+        server.stop()

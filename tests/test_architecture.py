@@ -1,4 +1,5 @@
-"""The apps depend in one direction: audit ← governance ← jobs ← add-ons (approvals, webhooks, examples).
+"""The apps depend in one direction: audit ← governance ← jobs ← add-ons (approvals, webhooks, examples,
+mcp_server).
 
 Walks every module of every app with ``ast`` and fails on an import that points up a layer, across
 add-ons, or into the project package ``config`` — naming the file, the line and the import.
@@ -23,6 +24,7 @@ LAYERS: dict[str, int] = {
     "approvals": 4,
     "webhooks": 4,
     "examples": 4,
+    "mcp_server": 4,
 }
 PROJECT_SHELL = "config"
 
