@@ -204,7 +204,7 @@ def approvals_call(status: str | None = "pending", limit: int = 50, offset: int 
     return Call("GET", "/api/v1/approvals", params=params)
 
 
-def decide_call(approval_id: int, verdict: str, *, comment: str = "", inputs: dict[str, Any] | None = None) -> Call:
+def decide_call(approval_id: str, verdict: str, *, comment: str = "", inputs: dict[str, Any] | None = None) -> Call:
     body: dict[str, Any] = {"comment": comment}
     if inputs is not None:
         body["inputs"] = inputs

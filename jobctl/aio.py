@@ -170,13 +170,13 @@ class AsyncClient:
             if not page.get("next") or not page["results"]:
                 return out
 
-    async def approve(self, approval_id: int, *, comment: str = "",
+    async def approve(self, approval_id: str, *, comment: str = "",
                       inputs: dict[str, Any] | None = None) -> dict[str, Any]:
         call = _core.decide_call(approval_id, "approve", comment=comment, inputs=inputs)
         body: dict[str, Any] = await self._run(call)
         return body
 
-    async def deny(self, approval_id: int, *, comment: str = "") -> dict[str, Any]:
+    async def deny(self, approval_id: str, *, comment: str = "") -> dict[str, Any]:
         body: dict[str, Any] = await self._run(_core.decide_call(approval_id, "deny", comment=comment))
         return body
 

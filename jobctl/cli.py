@@ -310,12 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", default="pending", help="pending (default), approved, denied, expired, … or all")
 
     p = verb("approve", "approve a request")
-    p.add_argument("approval_id", type=int)
+    p.add_argument("approval_id", help="the apr_… id")
     p.add_argument("--comment", default="")
     p.add_argument("--inputs", help="modified inputs, as a JSON object")
 
     p = verb("deny", "deny a request")
-    p.add_argument("approval_id", type=int)
+    p.add_argument("approval_id", help="the apr_… id")
     p.add_argument("--comment", default="")
 
     p = verb("replay", "replay a dead-lettered job (operators)")

@@ -125,7 +125,7 @@ class Command(BaseCommand):
         parser.add_argument("--flower-port", type=int, default=5555, help="Flower port (default 5555)")
         parser.add_argument("--no-flower", action="store_true", help="do not start Flower")
         parser.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
-        parser.add_argument("--web-workers", type=int, default=2, help="gunicorn processes (default 2)")
+        parser.add_argument("--web-workers", type=int, default=2, help="uvicorn processes (default 2)")
         parser.add_argument("--web-threads", type=int, default=8,
                             help="threads per gunicorn process; each open event stream holds one (default 8)")
         parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
