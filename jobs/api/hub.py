@@ -165,10 +165,10 @@ class WakeupHub:
     async def _subscribe(self) -> None:
         backoff = 0.5
         while True:
-            client = aioredis.Redis.from_url(
-                settings.JOBS_WAKEUP_URL, socket_connect_timeout=2.0, socket_keepalive=True,
-                health_check_interval=30,
-            )
+            url = settings.JOBS_WAKEUP_URL
+            # TCP keepalive is a TCP option: redis-py refuses it on a unix socket (the embedded broker).
+            keepalive = {} if url.startswith("unix://") else {"socket_keepalive": True}
+            client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0, health_check_interval=30, **keepalive)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(wakeup_channel())
@@ -186,9 +186,12 @@ class WakeupHub:
                                exc_info=True)
             finally:
                 self.subscribed = False
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-                    await client.aclose()
+                # Bounded: a loop being shut down (cancelling this task) must not wait on a
+                # connection that will never answer its close.
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(client.aclose(), 1.0)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
