@@ -29,6 +29,8 @@ STATUS_BY_CODE: dict[str, int] = {
     # 401: who is asking is unknown
     "not_authenticated": 401,
     "authentication_failed": 401,
+    # 429: too much at once from one caller
+    "too_many_streams": 429,
     # 403: who is asking may not do this
     "permission_denied": 403,
     "missing_permission": 403,

@@ -67,7 +67,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         )
     if isinstance(exc, DomainError):
         # The one place a domain refusal becomes an HTTP answer.
-        return Response(exc.as_dict(), status=exc.status)
+        answer = Response(exc.as_dict(), status=exc.status)
+        if "retry_after" in exc.extra:
+            answer["Retry-After"] = str(exc.extra["retry_after"])
+        return answer
     response = exception_handler(exc, context)
     if response is None:
         return None

@@ -43,6 +43,39 @@ from jobs.api.views import JobDetailView, JobListCreateView, job_detail_body
 from jobs.models import TERMINAL_STATUSES, Job
 from jobs.selectors import LIVE_FIELDS, job_get
 
+# --- how many requests one principal holds open ----------------------------------------------
+
+# principal id -> streams and waits it holds open in this process (the event loop is one thread).
+_held: dict[int, int] = {}
+
+
+def hold(principal_id: int) -> bool:
+    """Take one of the principal's ``API_MAX_HELD_PER_PRINCIPAL`` places; False when all are taken.
+    One runaway agent cannot hold the web tier's streams and waits away from the others."""
+    if _held.get(principal_id, 0) >= settings.API_MAX_HELD_PER_PRINCIPAL:
+        return False
+    _held[principal_id] = _held.get(principal_id, 0) + 1
+    return True
+
+
+def release(principal_id: int) -> None:
+    left = _held.get(principal_id, 0) - 1
+    if left > 0:
+        _held[principal_id] = left
+    else:
+        _held.pop(principal_id, None)
+
+
+async def _held_stream(principal_id: int, stream: AsyncIterator[str]) -> AsyncIterator[str]:
+    """``stream``, with the principal's place given back however it ends (a client that goes away
+    closes the generator)."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        release(principal_id)
+
+
 # --- Prefer: wait=N ---------------------------------------------------------------------------
 
 _WAIT_VALUE = re.compile(r'^"?(\d+(?:\.\d+)?)"?$')
@@ -191,6 +224,9 @@ async def _jobs_collection(request: HttpRequest) -> HttpResponse:
     if response.status_code not in (200, 202):
         return response
     job_id = str(response.data["job_id"])
+    principal_id = int(request.user.pk or 0)
+    if not hold(principal_id):
+        return response  # submitted; too many held by this principal: answered at once, unwaited
     try:
         ended = await wait_until_ended(job_id, deadline=deadline)
         if not ended:
@@ -200,6 +236,8 @@ async def _jobs_collection(request: HttpRequest) -> HttpResponse:
         body = await run_db(_body_of, job_id)
     except Exception as exc:  # noqa: BLE001 - answered like any API error
         return error_response(exc)
+    finally:
+        release(principal_id)
     return JsonResponse(body, status=200, headers={"Preference-Applied": _applied(seconds), "Vary": "Prefer"})
 
 
@@ -214,7 +252,13 @@ async def _job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
     try:
         user = await run_db(_authenticate, request)
         job = await run_db(_visible_job, user, job_id)
-        await wait_until_ended(job.pk, deadline=deadline)
+        if not hold(int(user.pk or 0)):
+            # too many held by this principal: the current state at once, the preference not applied
+            return JsonResponse(await run_db(_body_of, job.pk), status=200, headers={"Vary": "Prefer"})
+        try:
+            await wait_until_ended(job.pk, deadline=deadline)
+        finally:
+            release(int(user.pk or 0))
         body = await run_db(_body_of, job.pk)
     except Exception as exc:  # noqa: BLE001 - answered like any API error
         return error_response(exc)
@@ -320,9 +364,13 @@ async def _job_events(request: HttpRequest, job_id: str) -> HttpResponse | Strea
         after = int_param(raw, where="Last-Event-ID", default=0, minimum=0, maximum=INT32_MAX)
         user = await run_db(_authenticate, request)
         job = await run_db(_visible_job, user, job_id)
+        if not hold(int(user.pk or 0)):
+            raise DomainError("too_many_streams", f"at most {settings.API_MAX_HELD_PER_PRINCIPAL} event streams and "
+                              "waits open at once per principal; close one or retry later", retry_after=5)
     except Exception as exc:  # noqa: BLE001 - answered like any API error
         return error_response(exc)
-    response = StreamingHttpResponse(job_event_stream(job.pk, after_seq=after), content_type="text/event-stream")
+    response = StreamingHttpResponse(_held_stream(int(user.pk or 0), job_event_stream(job.pk, after_seq=after)),
+                                     content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response

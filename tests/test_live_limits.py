@@ -1,0 +1,28 @@
+"""One principal cannot hold the web tier's streams and waits away from the others.
+
+``API_MAX_HELD_PER_PRINCIPAL`` bounds the event streams and ``Prefer: wait`` requests one
+principal holds open in a web process: a stream over it answers ``429 too_many_streams`` with
+``Retry-After``; a wait over it answers at once, without ``Preference-Applied``; another principal
+is not affected, and a closed stream gives its place back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.api import live
+
+
+def test_places_are_counted_per_principal_and_given_back(settings: Any) -> None:
+    # given a cap of two
+    settings.API_MAX_HELD_PER_PRINCIPAL = 2
+    # when principal 1 takes two places, then a third
+    assert live.hold(1) and live.hold(1)
+    assert not live.hold(1)
+    # then principal 2 is not affected, and a released place can be taken again
+    assert live.hold(2)
+    live.release(1)
+    assert live.hold(1)
+    for pid in (1, 1, 2):
+        live.release(pid)
+    assert live._held == {}
