@@ -12,6 +12,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from django.utils import timezone
 
@@ -97,7 +98,8 @@ def test_worker_stamps_the_policy_it_checked_on_success(live: Any, submit: Any) 
     assert stamp.details["worker"] and "model_version" in stamp.details and stamp.details["tools_used"] == []
 
 
-def test_secret_reaches_the_handler_and_nothing_else(live: Any, submit: Any, api: Any) -> None:
+def test_secret_reaches_the_handler_and_nothing_else(live: Any, web: harness.WebServer, submit: Any, api: Any,
+                                                     principal: Any) -> None:
     # given a store write with a secret token
     body = submit("demo.local_store_write", {"key": "k-secret", "data": {"a": 1}, "api_token": SECRET},
                   session_id="s-secret").json()
@@ -110,8 +112,10 @@ def test_secret_reaches_the_handler_and_nothing_else(live: Any, submit: Any, api
     for url in (f"/api/v1/jobs/{job.id}", "/api/v1/jobs?session_id=s-secret", f"/api/v1/jobs/{job.id}/audit"):
         page = api.get(url)
         assert page.status_code == 200 and SECRET not in page.content.decode(), url
-    events = api.get(f"/api/v1/jobs/{job.id}/events")
-    stream = b"".join(events).decode()  # the async stream, collected by Django for the sync test client
+    # the event stream over a real socket, from the web server the platform runs
+    events = httpx.get(f"{web.url}/api/v1/jobs/{job.id}/events", timeout=30,
+                       headers={"Authorization": f"Token {principal.token}"})
+    stream = events.text
     assert "event: end" in stream and SECRET not in stream
     # nor any stamp, run or stored output
     assert not AuditStamp.objects.filter(details__icontains=SECRET).exists()

@@ -170,6 +170,7 @@ class WakeupHub:
             keepalive = {} if url.startswith("unix://") else {"socket_keepalive": True}
             client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0, health_check_interval=30, **keepalive)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
+            cancelled = False
             try:
                 await pubsub.subscribe(wakeup_channel())
                 self.subscribed = True
@@ -180,18 +181,20 @@ class WakeupHub:
                     if message.get("type") == "message":
                         self.wake(decode_ids(message["data"]))
             except asyncio.CancelledError:
+                cancelled = True
                 raise
             except Exception:  # Redis gone: the re-check carries on until it is back
                 logger.warning("wake-up subscriber lost Redis; re-checking every %ss", settings.API_SSE_POLL_S,
                                exc_info=True)
             finally:
                 self.subscribed = False
-                # Bounded: a loop being shut down (cancelling this task) must not wait on a
-                # connection that will never answer its close.
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(pubsub.aclose(), 1.0)
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(client.aclose(), 1.0)
+                # A loop being shut down cancels this task: it must not wait on a close that may
+                # never finish (the connection goes with the loop). Otherwise close, bounded.
+                if not cancelled:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(pubsub.aclose(), 1.0)
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(client.aclose(), 1.0)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
