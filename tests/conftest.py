@@ -8,9 +8,11 @@ the reason.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlparse
 
@@ -224,7 +226,16 @@ def submit(api: APIClient) -> Any:
     def do(job_type: str, inputs: dict[str, Any] | None = None, *, session_id: str = "s-test",
            expect: int | None = 202, **extra: Any) -> Any:
         body = {"job_type": job_type, "inputs": inputs or {}, "session_id": session_id, **extra}
-        response = api.post("/api/v1/jobs", body, format="json")
+        try:
+            asyncio.get_running_loop()  # a browser test: Playwright's sync API runs a loop here
+        except RuntimeError:
+            response = api.post("/api/v1/jobs", body, format="json")
+        else:
+            # The submit view is async; Django runs it with async_to_sync, which refuses a thread
+            # that has a running loop. These tests use committed data (live), so another thread
+            # sees what this one wrote.
+            with ThreadPoolExecutor(1) as pool:
+                response = pool.submit(api.post, "/api/v1/jobs", body, format="json").result()
         if expect is not None:
             assert response.status_code == expect, response.content
         return response
