@@ -536,7 +536,7 @@ API_SSE_KEEPALIVE_S = _float("API_SSE_KEEPALIVE_S", 15.0, minimum=0.5)
 API_LIVE_DB_THREADS = _int("API_LIVE_DB_THREADS", 4, minimum=1)
 # Event streams and `Prefer: wait` requests one principal may hold open at once, per web process
 # (a stream over it answers 429 too_many_streams; a wait over it answers at once, unwaited).
-API_MAX_HELD_PER_PRINCIPAL = _int("API_MAX_HELD_PER_PRINCIPAL", 50, minimum=1)
+API_MAX_HELD_PER_PRINCIPAL = _int("API_MAX_HELD_PER_PRINCIPAL", 1000, minimum=1)
 # `Prefer: wait=N` is capped at this many seconds.
 JOBS_WAIT_MAX_S = _float("JOBS_WAIT_MAX_S", 60.0, minimum=0.0)
 # Items per POST /api/v1/jobs/batch.

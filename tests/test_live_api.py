@@ -289,7 +289,7 @@ def test_events_of_someone_elses_job_or_without_a_token_are_json_errors(web: har
     assert waiting.status_code == 401 and waiting.json()["code"] == "not_authenticated"
     assert hidden.status_code == 404 and hidden.json()["code"] == "not_found"
     assert hidden_wait.status_code == 404 and hidden_wait.json()["code"] == "not_found"
-    assert bad_resume.status_code == 400 and bad_resume.json()["code"] == "invalid_request"
+    assert bad_resume.status_code == 400 and bad_resume.json()["code"] == "invalid_type"
 
 
 # --- the client and the command line ------------------------------------------------------------

@@ -16,13 +16,14 @@ from jobs.api import live
 def test_places_are_counted_per_principal_and_given_back(settings: Any) -> None:
     # given a cap of two
     settings.API_MAX_HELD_PER_PRINCIPAL = 2
-    # when principal 1 takes two places, then a third
-    assert live.hold(1) and live.hold(1)
-    assert not live.hold(1)
-    # then principal 2 is not affected, and a released place can be taken again
-    assert live.hold(2)
-    live.release(1)
-    assert live.hold(1)
-    for pid in (1, 1, 2):
+    one, two = -101, -102  # ids no real principal has: other tests' streams may hold places
+    # when principal one takes two places, then a third
+    assert live.hold(one) and live.hold(one)
+    assert not live.hold(one)
+    # then principal two is not affected, and a released place can be taken again
+    assert live.hold(two)
+    live.release(one)
+    assert live.hold(one)
+    for pid in (one, one, two):
         live.release(pid)
-    assert live._held == {}
+    assert one not in live._held and two not in live._held

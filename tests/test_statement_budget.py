@@ -31,6 +31,15 @@ from jobs.worker.runner import stage_run
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def _no_result_event_consumers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget of the platform as shipped: no job type with an ``on_finish`` task and no
+    ``job_finished`` listener (other tests register both; with them, a finish reads the finished
+    jobs' types once more, after commit)."""
+    monkeypatch.setattr("jobs.completion.on_finish_tasks", dict)
+    monkeypatch.setattr("jobs.completion.job_finished.has_listeners", lambda *a, **k: False)
+
+
 @dataclass
 class Tally:
     statements: list[str] = field(default_factory=list)
